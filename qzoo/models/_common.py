@@ -1,0 +1,113 @@
+"""Pieces shared by the model families: layer choice by neuron, input checks,
+timm-style cfgs, and the builder every registered factory goes through."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import (QuadraticConv1d, QuadraticConv2d, QuadraticConvTranspose1d, QuadraticConvTranspose2d,
+                      QuadraticLayer, QuadraticLinear)
+from ..neurons import NeuronFamily, NeuronSpec, get_neuron
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+LICENSE = 'apache-2.0'
+
+_KINDS = {
+    'linear': (nn.Linear, QuadraticLinear),
+    'conv1d': (nn.Conv1d, QuadraticConv1d),
+    'conv2d': (nn.Conv2d, QuadraticConv2d),
+    'convt1d': (nn.ConvTranspose1d, QuadraticConvTranspose1d),
+    'convt2d': (nn.ConvTranspose2d, QuadraticConvTranspose2d),
+}
+
+
+def make_layer(kind: str, *args, neuron: NeuronSpec = 'linear', **kwargs) -> nn.Module:
+    """The torch layer when ``neuron`` is ``'linear'``, else its quadratic counterpart."""
+    fam = get_neuron(neuron)
+    conventional, quadratic = _KINDS[kind]
+    if fam.name == 'linear':
+        return conventional(*args, **kwargs)
+    return quadratic(*args, neuron=fam, **kwargs)
+
+
+def tensor_owners(name: str, module: nn.Module) -> Union[str, Tuple[str, ...]]:
+    """Names of the submodules holding ``module``'s ``.weight``/``.bias`` (for timm's
+    ``first_conv`` / ``classifier`` adaptation)."""
+    if isinstance(module, QuadraticLayer):
+        return tuple(f'{name}.{module.prefix}_{t}' for t in module.terms)
+    return name
+
+
+def check_input(x: Tensor, model: nn.Module, shape: Sequence[Union[int, str]]) -> None:
+    """Raise a ValueError naming the expected shape when ``x`` does not fit.
+
+    ``shape`` lists the expected dims after the batch; ints must match exactly, strings
+    (e.g. ``'H'``) are free."""
+    name = getattr(model, 'pretrained_cfg', {}).get('architecture') or type(model).__name__
+    want = '(N, ' + ', '.join(str(s) for s in shape) + ')'
+    if not isinstance(x, Tensor):
+        raise TypeError(f'{name} expects a tensor {want}, got {type(x).__name__}')
+    if x.dim() != len(shape) + 1:
+        raise ValueError(f'{name} expects input of shape {want} ({len(shape) + 1}-D), got {tuple(x.shape)}')
+    for i, s in enumerate(shape):
+        if isinstance(s, int) and x.shape[i + 1] != s:
+            raise ValueError(f'{name} expects input of shape {want}, got {tuple(x.shape)} '
+                             f'(dim {i + 1} is {x.shape[i + 1]}, expected {s})')
+
+
+def neuron_spec(neuron: NeuronSpec) -> str:
+    return get_neuron(neuron).spec
+
+
+def cfg(**kwargs) -> Dict[str, Any]:
+    """A pretrained cfg with qzoo's defaults (CIFAR-sized classification)."""
+    base = dict(num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, interpolation='bilinear',
+                mean=CIFAR_MEAN, std=CIFAR_STD, first_conv='conv1', classifier='fc', license=LICENSE)
+    base.update(kwargs)
+    return base
+
+
+def kaiming_init_(model: nn.Module) -> None:
+    """Kaiming-normal init for every conv/linear weight (conventional layers and the terms of
+    quadratic ones), then each quadratic layer's ReLinear init of its quadratic-only terms."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight)
+    for m in model.modules():
+        if isinstance(m, QuadraticLayer):
+            m.reset_quadratic_('relinear')
+
+
+def set_traits(model: nn.Module, first_conv) -> None:
+    """Declare the model's current first conv (depends on its neuron) for timm's input adaptation."""
+    model._traits = dict(getattr(model, '_traits', {}), first_conv=first_conv)
+
+
+# ---- entrypoints ------------------------------------------------------------------
+#: every qzoo model factory, by name (filled by @entrypoint; registered with timm by qzoo.registry)
+ENTRYPOINTS: Dict[str, Any] = {}
+
+
+def entrypoint(fn):
+    """Mark a model factory; ``qzoo.registry`` registers it with timm on ``import qzoo``."""
+    ENTRYPOINTS[fn.__name__] = fn
+    return fn
+
+
+def build(model_cls, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build ``variant`` through timm's ``build_model_with_cfg``; pretrained weights are
+    resolved, hash-checked and loaded by :mod:`qzoo.hub` and then adapted by timm
+    (``num_classes`` / ``in_chans`` changes)."""
+    from timm.models import build_model_with_cfg
+    if pretrained:
+        from ..hub import pretrained_overlay
+        kwargs['pretrained_cfg_overlay'] = pretrained_overlay(
+            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'), kwargs.get('cache_dir'))
+    model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    if pretrained:
+        from ..hub import finish_pretrained
+        finish_pretrained(model)
+    return model

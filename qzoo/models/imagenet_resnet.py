@@ -1,0 +1,57 @@
+"""ImageNet-style quadratic ResNets built from timm's own ``ResNet``: every
+convolution of the residual branches and the stem made quadratic (downsample
+shortcuts and the classifier stay conventional, as in the CIFAR family).
+Architecture only: no pretrained weights yet."""
+from __future__ import annotations
+
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ..layers import QuadraticLayer, quadratize
+from ..neurons import get_neuron
+from ._common import build, entrypoint, set_traits, tensor_owners
+
+__all__ = ['QuadraticResNet']
+
+
+class QuadraticResNet(ResNet):
+    """timm ``ResNet`` whose convolutions (not ``downsample`` shortcuts) use ``neuron``."""
+
+    def __init__(self, block='basic', layers=(2, 2, 2, 2), neuron='fan', **kwargs):
+        block_cls = {'basic': BasicBlock, 'bottleneck': Bottleneck}.get(block)
+        if block_cls is None:
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
+        super().__init__(block=block_cls, layers=list(layers), **kwargs)
+        fam = get_neuron(neuron)
+        self.neuron = fam.spec
+        if fam.name != 'linear':
+            quadratize(self, fam, exclude=('fc', '*downsample*'))
+            for m in self.modules():  # ReLinear start for training from scratch
+                if isinstance(m, QuadraticLayer):
+                    m.reset_quadratic_('relinear')
+        set_traits(self, tensor_owners('conv1', self.conv1))
+
+
+def _cfg(first_conv):
+    return dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+                interpolation='bilinear', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                first_conv=first_conv, classifier='fc', license='apache-2.0',
+                paper_ids=('arXiv:1512.03385', 'arXiv:2303.06316'))
+
+
+_FAN_STEM = ('conv1.conv_r', 'conv1.conv_g', 'conv1.conv_b')
+default_cfgs = {'qresnet18': _cfg(_FAN_STEM), 'qresnet50': _cfg(_FAN_STEM)}
+
+
+@entrypoint
+def qresnet18(pretrained: bool = False, **kwargs) -> QuadraticResNet:
+    """ResNet-18 (timm's) with quadratic convolutions. kwargs: layers ([2, 2, 2, 2]), neuron ('fan'),
+    num_classes, in_chans and timm ResNet's other options."""
+    kwargs.setdefault('layers', (2, 2, 2, 2))
+    return build(QuadraticResNet, 'qresnet18', pretrained, block='basic', **kwargs)
+
+
+@entrypoint
+def qresnet50(pretrained: bool = False, **kwargs) -> QuadraticResNet:
+    """ResNet-50 (timm's) with quadratic convolutions. kwargs: layers ([3, 4, 6, 3]), neuron ('fan'), ..."""
+    kwargs.setdefault('layers', (3, 4, 6, 3))
+    return build(QuadraticResNet, 'qresnet50', pretrained, block='bottleneck', **kwargs)

@@ -1,0 +1,87 @@
+"""Multilayer perceptrons for the synthetic tasks: ``mlp`` (conventional) and
+``qmlp`` (every layer quadratic, as in the seed's QMLP: 2->10->2 has 52 and
+156 parameters)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from ..neurons import NeuronSpec, get_neuron
+from ._common import build, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
+
+__all__ = ['MLP']
+
+_ACTS = {'relu': nn.ReLU, 'tanh': nn.Tanh, 'sigmoid': nn.Sigmoid, 'gelu': nn.GELU, 'identity': nn.Identity}
+
+
+class MLP(nn.Module):
+    """``in_chans`` inputs -> ``hidden`` layers -> ``num_classes`` outputs (use
+    ``num_classes=1`` for regression). All layers use ``neuron``."""
+
+    def __init__(self, hidden: Sequence[int] = (10,), num_classes: int = 2, in_chans: int = 2,
+                 neuron: NeuronSpec = 'linear', act: str = 'relu', drop_rate: float = 0.0):
+        super().__init__()
+        if act not in _ACTS:
+            raise ValueError(f"unknown activation {act!r}; valid: {', '.join(_ACTS)}")
+        hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
+        if any(h < 1 for h in hidden):
+            raise ValueError(f'hidden sizes must be >= 1, got {hidden}')
+        fam = get_neuron(neuron)
+        self.hidden, self.neuron, self.act = hidden, fam.spec, act
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        layers, prev = [], in_chans
+        for h in hidden:
+            layers += [make_layer('linear', prev, h, neuron=fam), _ACTS[act]()]
+            if drop_rate:
+                layers.append(nn.Dropout(drop_rate))
+            prev = h
+        self.features = nn.Sequential(*layers)
+        self.num_features = self.head_hidden_size = prev
+        self.head = self._make_head(num_classes)
+        set_traits(self, None)  # no image stem to adapt
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        return make_layer('linear', self.num_features, num_classes, neuron=self.neuron) if num_classes > 0 \
+            else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        check_input(x, self, (self.in_chans,))
+        return self.features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _mlp_cfg(quadratic: bool):
+    return cfg(num_classes=2, input_size=(2, 1, 1), mean=(0.0, 0.0), std=(1.0, 1.0), first_conv=None,
+               classifier=('head.linear_r', 'head.linear_g', 'head.linear_b') if quadratic else 'head',
+               paper_ids='arXiv:2303.06316',
+               notes=('input_size is (features, 1, 1): the model takes (N, features) tensors',))
+
+
+default_cfgs = {'mlp': _mlp_cfg(False), 'qmlp': _mlp_cfg(True)}
+
+
+@entrypoint
+def mlp(pretrained: bool = False, **kwargs) -> MLP:
+    """Conventional MLP. kwargs: hidden ([10]), in_chans (2 features), num_classes (2), act, neuron."""
+    kwargs.setdefault('neuron', 'linear')
+    return build(MLP, 'mlp', pretrained, **kwargs)
+
+
+@entrypoint
+def qmlp(pretrained: bool = False, **kwargs) -> MLP:
+    """Quadratic MLP (every layer quadratic, neuron fan by default). kwargs as ``mlp``."""
+    kwargs.setdefault('neuron', 'fan')
+    return build(MLP, 'qmlp', pretrained, **kwargs)
