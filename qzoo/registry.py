@@ -33,13 +33,10 @@ def _is_ours(fn) -> bool:
 
 def _register(name: str, fn) -> str:
     existing = _model_entrypoints.get(name)
-    if existing is None or _is_ours(existing):
-        if existing is not fn:
-            if existing is not None:  # a reload of qzoo: drop our stale entry quietly
-                from timm.models._registry import _clear_model_entries
-                _clear_model_entries(name)
-                del _model_entrypoints[name]
-            register_model(fn)
+    if existing is None:
+        register_model(fn)
+        return name
+    if _is_ours(existing):  # already registered by this qzoo (e.g. a module reload)
         return name
     alias = ALIAS_PREFIX + name
     warnings.warn(f"timm already has a model named {name!r}; qzoo's {name} is registered in timm as "
