@@ -98,16 +98,14 @@ def entrypoint(fn):
 
 
 def build(model_cls, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build ``variant`` through timm's ``build_model_with_cfg``; pretrained weights are
-    resolved, hash-checked and loaded by :mod:`qzoo.hub` and then adapted by timm
-    (``num_classes`` / ``in_chans`` changes)."""
+    """Build ``variant`` through timm's ``build_model_with_cfg``. With ``pretrained``, the
+    weights are resolved and SHA-256 checked by :mod:`qzoo.hub`, then timm adapts them
+    (``num_classes`` / ``in_chans`` changes) and loads them."""
     from timm.models import build_model_with_cfg
-    if pretrained:
-        from ..hub import pretrained_overlay
-        kwargs['pretrained_cfg_overlay'] = pretrained_overlay(
-            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'), kwargs.get('cache_dir'))
-    model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
-    if pretrained:
-        from ..hub import finish_pretrained
-        finish_pretrained(model)
-    return model
+    if not pretrained:
+        return build_model_with_cfg(model_cls, variant, False, **kwargs)
+    from ..hub import build_pretrained
+
+    def builder(**kw):
+        return build_model_with_cfg(model_cls, variant, True, **kw)
+    return build_pretrained(builder, variant, kwargs)
