@@ -161,6 +161,7 @@ class Metrics:
         self.task, self.num_classes = task, num_classes
         if task == 'classification':
             self.conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+            self.top5 = torch.zeros((), dtype=torch.long, device=device)
         else:
             self.sums = torch.zeros(3, dtype=torch.float64, device=device)
 
@@ -170,6 +171,8 @@ class Metrics:
             pred = out.argmax(1)
             self.conf += torch.bincount(y * self.num_classes + pred, minlength=self.num_classes ** 2
                                         ).view(self.num_classes, self.num_classes)
+            if self.num_classes > 5:
+                self.top5 += (out.topk(5, 1).indices == y[:, None]).any(1).sum()
         elif self.task == 'segmentation':
             pred = (out > 0) if out.shape[1] == 1 else out.argmax(1, keepdim=True).bool()
             t = y.bool()
@@ -194,7 +197,10 @@ class Metrics:
             rec = tp / c.sum(1).clamp(min=1)
             f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp(min=1e-12), torch.zeros_like(tp))
             present = c.sum(1) > 0
-            return {'top1': 100 * acc, 'macro_f1': 100 * f1[present].mean().item() if present.any() else 0.0}
+            res = {'top1': 100 * acc, 'macro_f1': 100 * f1[present].mean().item() if present.any() else 0.0}
+            if self.num_classes > 5:
+                res['top5'] = 100 * self.top5.item() / max(1, c.sum().item())
+            return res
         s = self.sums.cpu()
         n = max(s[2].item(), 1)
         if self.task == 'segmentation':
@@ -512,6 +518,7 @@ def train(cfg: Dict[str, Any], out_dir, resume: bool = False, smoke: bool = Fals
     test = evaluate(model, test_loader, ds.task, ds.num_classes, device, amp_dtype)
     results = dict(
         model=cfg['model'], model_args=cfg['model_args'], dataset=ds.name, task=ds.task,
+        data_spec=dict(name=cfg['data'], args=cfg['data_args']),
         neuron=getattr(model, 'neuron', 'linear'), params=params, macs=macs, macs_input=list(sample_shape),
         val=val, test=test, primary_metric=primary, epochs=cfg['epochs'], selected_epoch=selected_epoch,
         selection=('best validation ' + primary) if cfg['select'] == 'best_val' else 'last epoch',

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    'CheckpointError', 'save_pretrained', 'save_weights', 'push_to_hub', 'from_pretrained', 'load_weights', 'sha256_file',
+    'CheckpointError', 'save_pretrained', 'save_weights', 'push_to_hub', 'from_pretrained', 'load_with_info', 'load_weights', 'sha256_file',
     'published', 'CHECKPOINTS_DIR', 'WEIGHTS_NAME', 'CONFIG_NAME',
 ]
 
@@ -240,9 +240,9 @@ def _load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], file: str, arch
     model.load_state_dict(sd, strict=True)
 
 
-def from_pretrained(spec: Union[str, Path], cache_dir=None, **kwargs) -> nn.Module:
-    """Build the model described by a weight spec and load its weights (strictly, after the
-    SHA-256 check). ``kwargs`` override the saved model args."""
+def load_with_info(spec: Union[str, Path], cache_dir=None, **kwargs) -> Tuple[nn.Module, Dict[str, Any]]:
+    """:func:`from_pretrained` that also returns the weights' description (architecture,
+    model_args, file, sha256, source, metadata)."""
     from .registry import create_model
     sd, info = resolve_spec(spec, cache_dir)
     args = {k: v for k, v in info['model_args'].items() if k not in ('pretrained_cfg', 'pretrained_cfg_overlay')}
@@ -252,9 +252,15 @@ def from_pretrained(spec: Union[str, Path], cache_dir=None, **kwargs) -> nn.Modu
     except ValueError as e:
         raise CheckpointError(f'{info["file"]} names architecture {info["architecture"]!r}: {e}') from None
     _load_into(model, sd, info['file'], info['architecture'])
-    model.pretrained_cfg = dict(model.pretrained_cfg, source=info['source'])
+    model.pretrained_cfg = dict(model.pretrained_cfg, source=info['source'], file=info['file'])
     model.eval()
-    return model
+    return model, info
+
+
+def from_pretrained(spec: Union[str, Path], cache_dir=None, **kwargs) -> nn.Module:
+    """Build the model described by a weight spec and load its weights (strictly, after the
+    SHA-256 check), in eval mode. ``kwargs`` override the saved model args."""
+    return load_with_info(spec, cache_dir, **kwargs)[0]
 
 
 # ---- pretrained=True through timm -------------------------------------------------------

@@ -33,7 +33,7 @@ def test_run_writes_publishable_folder(tmp_path):
         assert (tmp_path / f).is_file(), f
     r = json.loads((tmp_path / 'results.json').read_text())
     assert r['dataset'].startswith('synthetic-circles') and r['params'] == res['params'] > 0 and r['macs'] > 0
-    assert set(r['val']) == set(r['test']) == {'top1', 'macro_f1'}
+    assert set(r['val']) == set(r['test']) == {'top1', 'macro_f1'}  # 2 classes: no top5
     assert r['selection'].startswith('best validation') and 0 <= r['selected_epoch'] < 2
     log = [json.loads(l) for l in (tmp_path / 'log.jsonl').read_text().splitlines()]
     assert [l['epoch'] for l in log] == [0, 1] and all({'train_loss', 'val_top1', 'lr', 'img_s'} <= set(l) for l in log)

@@ -97,11 +97,45 @@ def entrypoint(fn):
     return fn
 
 
+def with_published(base: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """timm default cfgs for ``base`` (architecture -> cfg) plus one tagged cfg per published
+    checkpoint of each architecture (``checkpoints/manifest.json``); the manifest's default
+    checkpoint becomes the architecture's default, so ``pretrained=True`` picks it."""
+    from timm.models import generate_default_cfgs
+    from ..hub import CHECKPOINTS_DIR, WEIGHTS_NAME, published
+    cfgs: Dict[str, Any] = {}
+    entries = published()
+    for arch, c in base.items():
+        for name, e in sorted(entries.items(), key=lambda kv: (not kv[1].get('default'), kv[0])):
+            if e['architecture'] != arch:
+                continue
+            f = CHECKPOINTS_DIR / e['folder'] / WEIGHTS_NAME
+            cfgs[name + ('*' if e.get('default') else '')] = dict(
+                c, hf_hub_id=e.get('hf_hub_id'), file=str(f) if f.exists() else None,
+                num_classes=e.get('num_classes', c.get('num_classes')),
+                input_size=tuple(e.get('input_size', c.get('input_size'))),
+                description=f"{e.get('dataset', '')} checkpoint; model args {e.get('model_args', {})}")
+        cfgs[arch] = c
+    return generate_default_cfgs(cfgs)
+
+
+def _tag_model_args(variant: str, kwargs: Dict[str, Any]) -> None:
+    """``create_model('<arch>.<tag>')`` builds the published checkpoint's architecture arguments."""
+    tag = kwargs.get('pretrained_cfg')
+    if isinstance(tag, str) and tag:
+        from ..hub import published
+        entry = published().get(f'{variant}.{tag}')
+        if entry:
+            for k, v in entry['model_args'].items():
+                kwargs.setdefault(k, v)
+
+
 def build(model_cls, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
     """Build ``variant`` through timm's ``build_model_with_cfg``. With ``pretrained``, the
     weights are resolved and SHA-256 checked by :mod:`qzoo.hub`, then timm adapts them
     (``num_classes`` / ``in_chans`` changes) and loads them."""
     from timm.models import build_model_with_cfg
+    _tag_model_args(variant, kwargs)
     if not pretrained:
         return build_model_with_cfg(model_cls, variant, False, **kwargs)
     from ..hub import build_pretrained

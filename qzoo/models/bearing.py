@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import build, with_published, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
 
 __all__ = ['BearingCNN']
 
@@ -84,7 +84,7 @@ def _bearing_cfg(quadratic: bool):
                notes=('input_size is (channels, 1, length): the model takes (N, 1, 2048) vibration windows',))
 
 
-default_cfgs = {'wdcnn': _bearing_cfg(False), 'qcnn': _bearing_cfg(True)}
+default_cfgs = with_published({'wdcnn': _bearing_cfg(False), 'qcnn': _bearing_cfg(True)})
 
 
 @entrypoint

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, cfg, check_input, entrypoint, kaiming_init_, make_layer, set_traits, tensor_owners
+from ._common import build, with_published, cfg, check_input, entrypoint, kaiming_init_, make_layer, set_traits, tensor_owners
 
 __all__ = ['CifarResNet', 'BasicBlock']
 
@@ -122,10 +122,7 @@ def _resnet_cfg(quadratic: bool):
                first_conv=('conv1.conv_r', 'conv1.conv_g', 'conv1.conv_b') if quadratic else 'conv1')
 
 
-default_cfgs = {}
-for _d in _DEPTHS:
-    default_cfgs[f'resnet{_d}'] = _resnet_cfg(False)
-    default_cfgs[f'qresnet{_d}'] = _resnet_cfg(True)
+default_cfgs = with_published({f'{q}resnet{d}': _resnet_cfg(bool(q)) for d in _DEPTHS for q in ('', 'q')})
 
 
 def _create(depth: int, quadratic: bool, pretrained: bool, kwargs) -> CifarResNet:

@@ -8,7 +8,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..layers import QuadraticLayer, quadratize
 from ..neurons import get_neuron
-from ._common import build, entrypoint, set_traits, tensor_owners
+from ._common import build, with_published, entrypoint, set_traits, tensor_owners
 
 __all__ = ['QuadraticResNet']
 
@@ -39,7 +39,7 @@ def _cfg(first_conv):
 
 
 _FAN_STEM = ('conv1.conv_r', 'conv1.conv_g', 'conv1.conv_b')
-default_cfgs = {'qresnet18': _cfg(_FAN_STEM), 'qresnet50': _cfg(_FAN_STEM)}
+default_cfgs = with_published({'qresnet18': _cfg(_FAN_STEM), 'qresnet50': _cfg(_FAN_STEM)})
 
 
 @entrypoint

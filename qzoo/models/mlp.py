@@ -8,7 +8,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import build, with_published, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
 
 __all__ = ['MLP']
 
@@ -70,7 +70,7 @@ def _mlp_cfg(quadratic: bool):
                notes=('input_size is (features, 1, 1): the model takes (N, features) tensors',))
 
 
-default_cfgs = {'mlp': _mlp_cfg(False), 'qmlp': _mlp_cfg(True)}
+default_cfgs = with_published({'mlp': _mlp_cfg(False), 'qmlp': _mlp_cfg(True)})
 
 
 @entrypoint

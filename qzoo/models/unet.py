@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import build, with_published, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
 
 __all__ = ['UNet']
 
@@ -103,7 +103,7 @@ def _unet_cfg(quadratic: bool):
                paper_ids=('arXiv:1505.04597', 'arXiv:2303.06316') if quadratic else 'arXiv:1505.04597')
 
 
-default_cfgs = {'unet': _unet_cfg(False), 'qunet': _unet_cfg(True)}
+default_cfgs = with_published({'unet': _unet_cfg(False), 'qunet': _unet_cfg(True)})
 
 
 @entrypoint
