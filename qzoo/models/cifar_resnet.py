@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from typing import Optional, Sequence
+
 from ..neurons import NeuronSpec, get_neuron
 from ._common import build, with_published, cfg, check_input, entrypoint, kaiming_init_, make_layer, set_traits, tensor_owners
 
@@ -53,12 +55,13 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet of ``depth`` = 6n+2 layers and base ``width``; ``neuron`` picks the
+    """CIFAR ResNet of ``depth`` = 6n+2 layers; stage widths ``(w, 2w, 4w)`` for ``width`` = w,
+    or exactly ``widths`` (three ints, e.g. to match a parameter budget); ``neuron`` picks the
     neuron of the 3x3 convolutions ('linear' = conventional)."""
 
     def __init__(self, depth: int = 20, width: int = 16, num_classes: int = 10, in_chans: int = 3,
                  neuron: NeuronSpec = 'linear', shortcut: str = 'B', drop_rate: float = 0.0,
-                 global_pool: str = 'avg'):
+                 global_pool: str = 'avg', widths: Optional[Sequence[int]] = None):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f'CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), '
@@ -67,24 +70,25 @@ class CifarResNet(nn.Module):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 conv + BN), got {shortcut!r}")
         if global_pool != 'avg':
             raise ValueError(f"CIFAR ResNets support global_pool='avg' only, got {global_pool!r}")
-        if width < 1:
-            raise ValueError(f'width must be >= 1, got {width}')
+        widths = [width, 2 * width, 4 * width] if widths is None else [int(w) for w in widths]
+        if len(widths) != 3 or min(widths) < 1:
+            raise ValueError(f'width must be >= 1 and widths three positive ints, got width={width}, widths={widths}')
         n = (depth - 2) // 6
         fam = get_neuron(neuron)
         quad = fam.name != 'linear'
-        self.depth, self.width, self.shortcut_type, self.neuron = depth, width, shortcut, fam.spec
+        self.depth, self.widths, self.shortcut_type, self.neuron = depth, widths, shortcut, fam.spec
         self.num_classes, self.in_chans, self.drop_rate, self.global_pool = num_classes, in_chans, drop_rate, 'avg'
-        self.conv1 = make_layer('conv2d', in_chans, width, 3, padding=1, bias=quad, neuron=fam)
-        self.bn1 = nn.BatchNorm2d(width)
-        stages, in_ch = [], width
-        for i, out_ch in enumerate((width, 2 * width, 4 * width)):
+        self.conv1 = make_layer('conv2d', in_chans, widths[0], 3, padding=1, bias=quad, neuron=fam)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        stages, in_ch = [], widths[0]
+        for i, out_ch in enumerate(widths):
             blocks = []
             for j in range(n):
                 blocks.append(BasicBlock(in_ch, out_ch, 2 if (i > 0 and j == 0) else 1, shortcut, fam))
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.num_features = self.head_hidden_size = 4 * width
+        self.num_features = self.head_hidden_size = widths[2]
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         kaiming_init_(self)
         set_traits(self, tensor_owners('conv1', self.conv1))
@@ -137,8 +141,8 @@ def _factory(depth: int, quadratic: bool):
         return _create(depth, quadratic, pretrained, kwargs)
     fn.__name__ = fn.__qualname__ = f"{'q' if quadratic else ''}resnet{depth}"
     fn.__module__ = __name__
-    fn.__doc__ = (f'CIFAR ResNet-{depth}, {kind}. kwargs: width (16), shortcut (\'B\'), neuron, '
-                  f'num_classes (10), in_chans (3), drop_rate.')
+    fn.__doc__ = (f'CIFAR ResNet-{depth}, {kind}. kwargs: width (16) or widths (3 stage widths), '
+                  f'shortcut (\'B\'), neuron, num_classes (10), in_chans (3), drop_rate.')
     return fn
 
 
