@@ -29,7 +29,7 @@ import os
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.error import URLError
 
 import torch
@@ -212,8 +212,9 @@ def list_external(filter: str = '') -> List[str]:
     return [n for n in names if filter in n]
 
 
-def get_external(name: str) -> ExternalCheckpoint:
-    """The registry entry ``name``; an :class:`UnknownExternalError` listing close names otherwise."""
+def get_external(name: Union[str, ExternalCheckpoint]) -> ExternalCheckpoint:
+    """The registry entry ``name`` (an :class:`ExternalCheckpoint` is returned as is); an
+    :class:`UnknownExternalError` listing valid and close names otherwise."""
     if isinstance(name, ExternalCheckpoint):
         return name
     try:
@@ -230,7 +231,7 @@ def get_external(name: str) -> ExternalCheckpoint:
         f"{', '.join(names)}.")
 
 
-def cache_path(name: str) -> Path:
+def cache_path(name: Union[str, ExternalCheckpoint]) -> Path:
     """Where torch.hub keeps (and :func:`load_external` looks for) the file of ``name``:
     ``torch.hub.get_dir()/checkpoints/<file>``, i.e. ``$TORCH_HOME/hub/checkpoints/<file>``."""
     return Path(torch.hub.get_dir()) / 'checkpoints' / get_external(name).file_name
@@ -244,11 +245,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_cached(name: str) -> Path:
+def verify_cached(name: Union[str, ExternalCheckpoint]) -> Path:
     """Check the cached file of ``name`` against the SHA-256 prefix in its name; returns its path.
     (torch.hub checks the hash only while downloading, never a file already in the cache.)"""
     entry = get_external(name)
-    path = cache_path(entry.name)
+    path = cache_path(entry)
     if not path.is_file():
         raise _not_cached(entry, path, None)
     digest = _sha256(path)
@@ -330,7 +331,7 @@ def _check_fits(entry: ExternalCheckpoint, path: Path, model: nn.Module, sd: Map
     raise ExternalLayoutError(
         f'{entry.name}: the state dict in {path} does not fit qzoo {entry.arch} (shortcut {entry.shortcut!r}, '
         f'num_classes {entry.num_classes}) after converting the {entry.layout!r} key layout. Expected '
-        f'{len(want)} tensors of that architecture; found {found}. Fix: if the file is not the published '
+        f'{len(want)} state entries of that architecture; found {found}. Fix: if the file is not the published '
         f'{entry.url}, delete it (rm {path!s}) and download again; otherwise the registry entry '
         f'(arch/shortcut/num_classes/layout) or the key conversion in qzoo/external.py is wrong.')
 
@@ -353,7 +354,7 @@ def _build(entry: ExternalCheckpoint) -> nn.Module:
 
 
 # ---- loading ---------------------------------------------------------------------------
-def load_external(name: str, *, progress: bool = False, map_location: Any = 'cpu',
+def load_external(name: Union[str, ExternalCheckpoint], *, progress: bool = False, map_location: Any = 'cpu',
                   download: Optional[bool] = None) -> nn.Module:
     """Build qzoo's conventional CifarResNet with the weights of external checkpoint ``name``.
 
@@ -367,11 +368,11 @@ def load_external(name: str, *, progress: bool = False, map_location: Any = 'cpu
     Returns the model in eval mode. Raises a subclass of :class:`ExternalCheckpointError`
     that names the file, what was expected and found, and the fix."""
     entry = get_external(name)
-    path = cache_path(entry.name)
+    path = cache_path(entry)
     if download is None:
         download = not _offline()
     if path.is_file():
-        verify_cached(entry.name)
+        verify_cached(entry)
     elif not download:
         raise _not_cached(entry, path, None)
     try:
