@@ -27,7 +27,9 @@ import hashlib
 import importlib
 import os
 import pickle
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.error import URLError
@@ -197,7 +199,6 @@ EXTERNAL: Dict[str, ExternalCheckpoint] = {e.name: e for e in _ENTRIES}
 
 
 def _natural_key(s: str):
-    import re
     return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s)]
 
 
@@ -371,8 +372,9 @@ def load_external(name: Union[str, ExternalCheckpoint], *, progress: bool = Fals
     path = cache_path(entry)
     if download is None:
         download = not _offline()
-    if path.is_file():
-        verify_cached(entry)
+    downloading = not path.is_file()
+    if not downloading:
+        verify_cached(entry)   # torch.hub itself never re-checks a cached file
     elif not download:
         raise _not_cached(entry, path, None)
     try:
@@ -381,8 +383,12 @@ def load_external(name: Union[str, ExternalCheckpoint], *, progress: bool = Fals
             obj = torch.hub.load_state_dict_from_url(
                 entry.url, map_location=map_location, progress=progress, check_hash=True,
                 weights_only=True, file_name=entry.file_name)
-    except URLError as e:   # also HTTPError; torch removes its partial download
-        raise _not_cached(entry, path, getattr(e, 'reason', e)) from e
+    except (URLError, HTTPException, OSError) as e:
+        if downloading and not path.is_file():   # no connection, HTTP error, cut transfer (no partial file kept)
+            raise _not_cached(entry, path, getattr(e, 'reason', e)) from e
+        raise ExternalLayoutError(
+            f'{entry.name}: {path} could not be read by torch.load ({type(e).__name__}: {e}). Fix: delete '
+            f'it (rm {path!s}) and call load_external({entry.name!r}) again to download it.') from e
     except pickle.UnpicklingError as e:  # weights_only refused a global
         raise ExternalLayoutError(
             f'{entry.name}: {path} could not be read with torch.load(weights_only=True): {e}. Expected '
@@ -400,11 +406,16 @@ def load_external(name: Union[str, ExternalCheckpoint], *, progress: bool = Fals
         raise ExternalLayoutError(
             f'{entry.name}: {path} could not be read by torch.load: {e}. Fix: delete it (rm {path!s}) '
             f'and call load_external({entry.name!r}) again to download it.') from e
-    except (EOFError, OSError) as e:
+    except EOFError as e:
         raise ExternalLayoutError(
             f'{entry.name}: {path} could not be read by torch.load ({type(e).__name__}: {e}). Fix: delete '
             f'it (rm {path!s}) and call load_external({entry.name!r}) again to download it.') from e
 
+    if not isinstance(obj, Mapping):
+        raise ExternalLayoutError(
+            f'{entry.name}: {path} holds a {type(obj).__name__}, expected a state dict (a mapping of '
+            f'parameter names to tensors). Fix: if the file is not the published {entry.url}, delete it '
+            f'(rm {path!s}) and download again.')
     sd, meta = convert_state_dict(obj, entry.layout)
     model = _build(entry)
     _check_fits(entry, path, model, sd)
