@@ -14,7 +14,7 @@ Writes results/efficiency.csv, results/efficiency.md and results/pareto-<dataset
 import argparse
 import csv
 import json
-import math
+import os
 import statistics
 import sys
 import time
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from qzoo import external  # noqa: E402
 from qzoo.engine import Metrics  # noqa: E402
-from qzoo.evaluation import efficiency_rows, validate  # noqa: E402
+from qzoo.evaluation import efficiency_rows, external_available, validate  # noqa: E402
 from qzoo.hub import published  # noqa: E402
 
 # the external checkpoints worth comparing on each dataset (weights trained elsewhere)
@@ -59,11 +59,12 @@ def evaluate_all(entries, device, log):
     return rows
 
 
-def evaluate_external(dataset, data_spec, device, log):
+def evaluate_external(dataset, data_spec, device, log, mirrors):
     rows = []
     for name in EXTERNAL_FOR.get(dataset, []):
-        if not external.available_offline(name):
-            log(f'{name}: not available offline (no cached file, no mirror); skipped')
+        if not external_available(name, mirrors):
+            log(f'{name}: not available offline (not in the torch hub cache {external.cache_path(name).parent}, '
+                f'no mirror in {[str(m) for m in mirrors]}); skipped')
             continue
         row = validate(name, data_spec['name'], 'test', data_spec['args'], device=device)
         rows.append(dict(row, name=name, external=True))
@@ -153,6 +154,9 @@ def main(argv=None) -> int:
     ap.add_argument('--out', default=str(ROOT / 'results'))
     ap.add_argument('--device', default='cpu')
     ap.add_argument('--dataset', action='append', help='only these datasets')
+    ap.add_argument('--mirror', action='append', default=None,
+                    help='folders holding external checkpoints as <owner>/<file> (default: ../shared/checkpoints '
+                         'and $QZOO_MIRROR when they exist)')
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +164,8 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    mirrors = [Path(m) for m in (a.mirror or [os.environ.get('QZOO_MIRROR', ''), ROOT.parent / 'shared' / 'checkpoints'])
+               if m and Path(m).is_dir()]
     by_dataset = defaultdict(dict)
     for name, e in published().items():
         by_dataset[e['dataset']][name] = e
@@ -170,7 +176,7 @@ def main(argv=None) -> int:
         first = next(iter(entries.values()))
         metric, higher = Metrics.primary(first['task'])
         secondary = {'top1': 'macro_f1', 'iou': 'dice'}.get(metric) if dataset != 'cifar10-jpeg75' else None
-        rows = evaluate_all(entries, a.device, log) + evaluate_external(dataset, first['data_spec'], a.device, log)
+        rows = evaluate_all(entries, a.device, log) + evaluate_external(dataset, first['data_spec'], a.device, log, mirrors)
         groups = efficiency_rows(group_rows(rows, metric, secondary), metric, higher)
         tables[dataset] = (metric, groups)
         all_groups += groups

@@ -4,6 +4,7 @@ accuracy per parameter."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -12,7 +13,7 @@ from torch import nn
 from .engine import Metrics, evaluate
 from .measure import count_macs, count_params
 
-__all__ = ['load_any', 'evaluate_on', 'validate', 'frontier', 'params_at_metric', 'metric_at_params',
+__all__ = ['load_any', 'external_available', 'evaluate_on', 'validate', 'frontier', 'params_at_metric', 'metric_at_params',
            'efficiency_rows', 'TIMM_COLUMNS']
 
 #: timm's results CSV columns, then qzoo's
@@ -27,10 +28,31 @@ def load_any(spec: str) -> Tuple[nn.Module, Dict[str, Any]]:
     (``akamaster/resnet20``), or anything :func:`qzoo.hub.resolve_spec` takes."""
     from . import external, hub
     if spec in external.EXTERNAL:
-        model, info = external.load_external_with_info(spec)
-        return model, dict(info, external=True)
+        model = external.load_external(spec)
+        path = external.cache_path(spec)
+        return model, dict(file=str(path), sha256=hub.sha256_file(path), source=external.EXTERNAL[spec].url,
+                           external=True, architecture=model.pretrained_cfg.get('architecture'))
     model, info = hub.load_with_info(spec)
     return model, dict(info, external=False)
+
+
+def external_available(name: str, mirrors: Sequence[Path] = ()) -> bool:
+    """True when external checkpoint ``name`` can load offline: its file is in torch's hub cache,
+    or a mirror folder holds it as ``<mirror>/<owner>/<file>`` (e.g. ../shared/checkpoints/akamaster/),
+    in which case it is copied into the cache (and hash-checked when loaded)."""
+    import shutil
+    from . import external
+    path = external.cache_path(name)
+    if path.is_file():
+        return True
+    entry = external.EXTERNAL[name]
+    for m in mirrors:
+        src = Path(m) / name.split('/')[0] / entry.file_name
+        if src.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, path)
+            return True
+    return False
 
 
 def evaluate_on(model: nn.Module, data: str, split: str = 'test', data_args: Optional[Dict] = None,
