@@ -30,7 +30,9 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 JPEG_FILE = 'cifar10-jpeg75.npz'
 TEST_PACK = 'cifar10-jpeg75-test.npz'
-N_VAL = 5000
+VAL_FRACTION = 0.1  # 5,000 of the 50,000 training images
+SPLIT_RULE = (f'train/val = 90/10 of the training images (45,000 / 5,000 of 50,000): {STRATIFIED_RULE}; '
+              f'test = the test images (10,000)')
 JPEG_SOURCE = ('It is the shared qzoo data file (CIFAR-10 re-encoded as JPEG quality 75, see '
                '../shared/README.md); copy it into the data folder.')
 
@@ -89,8 +91,7 @@ def load_cifar10_jpeg75(root=None, splits: Sequence[str] = ('train', 'val', 'tes
     t0 = time.perf_counter()
     base = data_root(root)
     path = base if base.suffix == '.npz' else base / JPEG_FILE
-    info = dict(split_rule=f'{45000}/{N_VAL} train/val of the 50,000 training images: {STRATIFIED_RULE}; '
-                           f'test = the 10,000 test images',
+    info = dict(split_rule=SPLIT_RULE,
                 split_seed=split_seed, options=dict(split_seed=split_seed, cache=cache),
                 decoder='torchvision.io.decode_jpeg (libjpeg-turbo, CPU), mode RGB')
     if not path.exists():
@@ -111,7 +112,7 @@ def load_cifar10_jpeg75(root=None, splits: Sequence[str] = ('train', 'val', 'tes
     out = {}
     if {'train', 'val'} & set(splits):
         d = _decoded(path, 'train', digest, cache)
-        tr, va = stratified_holdout(d['y'], N_VAL, split_seed)
+        tr, va = stratified_holdout(d['y'], int(round(VAL_FRACTION * len(d['y']))), split_seed)
         info['split_sha256'] = sha256_array(tr, va)
         for s, idx in (('train', tr), ('val', va)):
             if s in splits:
@@ -141,8 +142,7 @@ def load_cifar10(root=None, splits: Sequence[str] = ('train', 'val', 'test'), sp
     ``download=True`` with internet access). Same 45,000 / 5,000 split rule as ``cifar10-jpeg75``."""
     from torchvision.datasets import CIFAR10
     base = data_root(root)
-    info = dict(split_rule=f'45000/{N_VAL} train/val of the 50,000 training images: {STRATIFIED_RULE}; test = '
-                           f'the 10,000 test images', split_seed=split_seed,
+    info = dict(split_rule=SPLIT_RULE, split_seed=split_seed,
                 options=dict(split_seed=split_seed, download=download), source=str(base / 'cifar-10-batches-py'))
     data = {}
     for train in ((True,) if {'train', 'val'} & set(splits) else ()) + ((False,) if 'test' in splits else ()):
@@ -158,7 +158,7 @@ def load_cifar10(root=None, splits: Sequence[str] = ('train', 'val', 'test'), sp
     out = {}
     if True in data:
         x, y = data[True]
-        tr, va = stratified_holdout(y, N_VAL, split_seed)
+        tr, va = stratified_holdout(y, int(round(VAL_FRACTION * len(y))), split_seed)
         info['split_sha256'] = sha256_array(tr, va)
         for s, idx in (('train', tr), ('val', va)):
             if s in splits:

@@ -104,14 +104,17 @@ def dsb_ids(folder: Path) -> List[str]:
     return sorted(p.stem for p in (folder / 'images').glob('*.png'))
 
 
-def load_dsb2018_96(root=None, splits: Sequence[str] = ('train', 'val', 'test')) -> DataSplits:
-    """DSB 2018 nuclei at 96 x 96: images uint8 (N, 3, 96, 96), masks uint8 {0, 1} (N, 1, 96, 96)."""
+def load_dsb2018_96(root=None, splits: Sequence[str] = ('train', 'val', 'test'), split_file=None) -> DataSplits:
+    """DSB 2018 nuclei at 96 x 96: images uint8 (N, 3, 96, 96), masks uint8 {0, 1} (N, 1, 96, 96).
+    ``split_file``: another split document (JSON with ``ids`` per split); default the repository's."""
     t0 = time.perf_counter()
     base = data_root(root)
     folder = base / DSB_FOLDER if (base / DSB_FOLDER).is_dir() or not (base / 'images').is_dir() else base
-    doc = read_dsb_split()
-    info = dict(split_file=str(REPO_DATA / DSB_SPLIT_FILE), split_seed=doc['seed'], split_rule=doc['rule'],
-                mask_rule='mask PNG gray value > 127 -> 1, else 0', options={})
+    doc = read_dsb_split(split_file)
+    spath = Path(split_file) if split_file is not None else REPO_DATA / DSB_SPLIT_FILE
+    info = dict(split_file=str(spath), split_file_sha256=sha256_file(spath), split_seed=doc.get('seed'),
+                split_rule=doc.get('rule'), mask_rule='mask PNG gray value > 127 -> 1, else 0',
+                options=dict(split_file=None if split_file is None else str(split_file)))
     out = {}
     if not (folder / 'images').is_dir():
         if not only_test(splits):
@@ -123,7 +126,8 @@ def load_dsb2018_96(root=None, splits: Sequence[str] = ('train', 'val', 'test'))
         z = load_npz(path, ['ids', 'images', 'masks'])
         ids = [str(i) for i in z['ids']]
         if ids != doc['ids']['test']:
-            raise ValueError(f'{path}: its ids differ from the test ids of {DSB_SPLIT_FILE}; restore both with git')
+            raise ValueError(f'{path}: its ids differ from the test ids of {spath} (the shipped pack holds the test '
+                             f'split of data/{DSB_SPLIT_FILE}; another split needs the full {DSB_FOLDER} folder)')
         info.update(source=str(path), source_sha256=digest, fallback=f'{path} (shipped test split)')
         if 'test' in splits:
             out['test'] = Split(torch.from_numpy(z['images']), torch.from_numpy(z['masks']), meta={'ids': ids})
@@ -152,7 +156,8 @@ def load_dsb2018_96(root=None, splits: Sequence[str] = ('train', 'val', 'test'))
                     arr[i] = a
             out[s] = Split(torch.from_numpy(x), torch.from_numpy(y), meta={'ids': list(ids)})
     info['load_seconds'] = round(time.perf_counter() - t0, 3)
-    ds = DataSplits(name='dsb2018-96', task='segmentation', num_classes=1, in_shape=(3, DSB_SIZE, DSB_SIZE),
+    name = 'dsb2018-96' + ('' if split_file is None else f'-split{info["split_file_sha256"][:8]}')
+    ds = DataSplits(name=name, task='segmentation', num_classes=1, in_shape=(3, DSB_SIZE, DSB_SIZE),
                     classes=None, normalize=HALF, augment='flip2d', info=info, **out)
     ds = add_size_info(ds)
     ds.info['foreground_fraction'] = {s: round(float(sp.y.float().mean()), 5) for s, sp in ds.splits().items()}
