@@ -578,3 +578,18 @@ def test_datasplits_summary_and_info_json():
     assert 'g3' in text and 'total' in text and text.splitlines()[-1].split() == ['total', '8', '4', '4']
     info = json.loads(json.dumps(ds.info))
     assert info['sizes'] == {'train': 8, 'val': 4, 'test': 4} and info['options']['k'] == 4
+
+
+def test_shipped_pack_checked_against_manifest(tmp_path, monkeypatch):
+    import shutil
+    repo = tmp_path / 'data'
+    shutil.copytree(_common.REPO_DATA, repo)
+    monkeypatch.setattr(_common, 'REPO_DATA', repo)
+    raw = bytearray((repo / cwru.TEST_PACK).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (repo / cwru.TEST_PACK).write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r'cwru-0hp-test.npz does not match data/MANIFEST.json'):
+        load_dataset('cwru', root=tmp_path / 'none', splits=('test',))
+    os.remove(repo / segmentation.DSB_TEST_PACK)
+    with pytest.raises(FileNotFoundError, match=r'dsb2018-96-test.npz \(shipped with the repository\) is missing'):
+        load_dataset('dsb2018-96', root=tmp_path / 'none', splits=('test',))

@@ -25,7 +25,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._common import (REPO_DATA, DataSplits, Split, add_size_info, check_pack, data_root, group_split, hash_rank,
+from ._common import (DataSplits, Split, add_size_info, check_pack, data_root, group_split, hash_rank,
                       load_npz, missing, only_test, repo_pack, root_source, save_npz_atomic, sha256_file)
 
 DSB_FOLDER = 'dsb2018_96'
@@ -83,7 +83,7 @@ def make_dsb_split(ids: Sequence[str], seed: int = 0) -> Dict:
 def read_dsb_split(path: Path = None) -> Dict:
     """The fixed split document (default: the repository's, checked against data/MANIFEST.json)."""
     if path is None:
-        path = REPO_DATA / DSB_SPLIT_FILE
+        path = repo_pack(DSB_SPLIT_FILE)
         check_pack(path)
     path = Path(path)
     if not path.exists():
@@ -111,7 +111,7 @@ def load_dsb2018_96(root=None, splits: Sequence[str] = ('train', 'val', 'test'),
     base = data_root(root)
     folder = base / DSB_FOLDER if (base / DSB_FOLDER).is_dir() or not (base / 'images').is_dir() else base
     doc = read_dsb_split(split_file)
-    spath = Path(split_file) if split_file is not None else REPO_DATA / DSB_SPLIT_FILE
+    spath = Path(split_file) if split_file is not None else repo_pack(DSB_SPLIT_FILE)
     info = dict(split_file=str(spath), split_file_sha256=sha256_file(spath), split_seed=doc.get('seed'),
                 split_rule=doc.get('rule'), mask_rule='mask PNG gray value > 127 -> 1, else 0',
                 options=dict(split_file=None if split_file is None else str(split_file)))
