@@ -147,17 +147,6 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / '.cache' / 'qzoo'
 
 
-def find_dir(root: Path, names: Sequence[str], marker: str) -> Path:
-    """``root/<name>`` for the first name holding ``marker``, or ``root`` itself when it holds
-    ``marker`` (so ``root`` may be the data folder or the dataset folder)."""
-    for n in names:
-        if (root / n / marker).exists():
-            return root / n
-    if (root / marker).exists():
-        return root
-    return root / names[0]
-
-
 def missing(path: Path, what: str, source: str, root_from: str = '') -> FileNotFoundError:
     where = f' (data root from {root_from})' if root_from else ''
     return FileNotFoundError(f'{path} not found{where}: expected {what}. {source} Then {HOW_TO_POINT}.')

@@ -67,8 +67,7 @@ def _decoded(path: Path, split: str, digest: str, use_cache: bool) -> Dict[str, 
     cpath = cache_dir() / 'cifar10-jpeg75' / f'{digest}-{split}.npz'
     if use_cache and cpath.exists():
         try:
-            got = load_npz(cpath, ['x', 'y'])
-            return got
+            return load_npz(cpath, ['x', 'y'])
         except ValueError:
             pass  # a damaged cache entry: decode again and overwrite it
     raw = load_npz(path, ['header'] + _keys(split), what='the cifar10-jpeg75 format (see ../shared/README.md)')
