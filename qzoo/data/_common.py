@@ -1,0 +1,295 @@
+"""Pieces shared by the dataset loaders: the result dataclasses, where data and caches live,
+version-independent seeded splits, checked file access and clear errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SPLITS = ('train', 'val', 'test')
+#: the repository's own data folder (shipped test packs, fixed split files)
+REPO_DATA = Path(__file__).resolve().parents[2] / 'data'
+DEFAULT_ROOT = Path(__file__).resolve().parents[3] / 'shared' / 'data'
+
+HOW_TO_POINT = ('set the environment variable QZOO_DATA to the folder that holds the data, or pass '
+                'root=... to load_dataset')
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class Split:
+    """One split on the CPU.
+
+    ``x``: images uint8 (N, C, H, W); signals / points float32. ``y``: labels int64 (N,),
+    masks uint8 {0, 1} (N, 1, H, W), regression targets float32 (N, 1).
+    ``meta``: per-sample provenance (e.g. ``source_index``, ``start``, ``ids``)."""
+    x: Tensor
+    y: Tensor
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f'x has {len(self.x)} samples but y has {len(self.y)}')
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class DataSplits:
+    """What :func:`qzoo.data.load_dataset` returns. ``name`` is the precise name of the data
+    (options that change it included), to be used in cards, CSVs and plots."""
+    name: str
+    task: str
+    num_classes: int
+    in_shape: Tuple[int, ...]
+    classes: Optional[List[str]]
+    train: Optional[Split] = None
+    val: Optional[Split] = None
+    test: Optional[Split] = None
+    normalize: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+    augment: Optional[str] = None
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def splits(self) -> Dict[str, Split]:
+        """The loaded splits by name."""
+        return {s: getattr(self, s) for s in SPLITS if getattr(self, s) is not None}
+
+    def loader(self, split: str, batch_size: int, **kwargs):
+        """A :class:`~qzoo.data.BatchLoader` for one split with this dataset's defaults:
+        ``'train'`` shuffles and uses ``augment``; every split uses ``normalize``. Keyword
+        arguments override (``device=``, ``seed=``, ``rank=``, ...)."""
+        from .loader import BatchLoader
+        s = getattr(self, split, None) if split in SPLITS else None
+        if s is None:
+            raise ValueError(f'{self.name} has no {split!r} split loaded (loaded: {list(self.splits())})')
+        train = split == 'train'
+        kw = dict(shuffle=train, augment=self.augment if train else None, normalize=self.normalize)
+        kw.update(kwargs)
+        return BatchLoader(s, batch_size, **kw)
+
+    def summary(self) -> str:
+        """A small printable table: samples per class (or size / target statistics) and split."""
+        splits = self.splits()
+        head = f'{self.name} ({self.task}, in_shape={tuple(self.in_shape)}'
+        head += f', {self.num_classes} classes)' if self.task == 'classification' else ')'
+        names = list(splits)
+        rows: List[List[str]] = []
+        if self.task == 'classification':
+            classes = self.classes or [str(i) for i in range(self.num_classes)]
+            counts = {s: torch.bincount(sp.y, minlength=self.num_classes).tolist() for s, sp in splits.items()}
+            for c, cname in enumerate(classes):
+                rows.append([f'{c} {cname}'] + [str(counts[s][c]) for s in names])
+            rows.append(['total'] + [str(len(splits[s])) for s in names])
+        elif self.task == 'segmentation':
+            rows.append(['images'] + [str(len(splits[s])) for s in names])
+            rows.append(['foreground %'] + [f'{100 * sp.y.float().mean().item():.1f}' if len(sp) else '-'
+                                            for sp in splits.values()])
+        else:
+            rows.append(['samples'] + [str(len(splits[s])) for s in names])
+            rows.append(['y mean'] + [f'{sp.y.mean().item():.4g}' if len(sp) else '-' for sp in splits.values()])
+            rows.append(['y std'] + [f'{sp.y.std().item():.4g}' if len(sp) > 1 else '-' for sp in splits.values()])
+        table = [[''] + names] + rows
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines = [head]
+        for i, r in enumerate(table):
+            lines.append('  '.join(v.ljust(widths[0]) if j == 0 else v.rjust(widths[j]) for j, v in enumerate(r)))
+            if i == 0:
+                lines.append('  '.join('-' * w for w in widths))
+        return '\n'.join(lines)
+
+    def __repr__(self) -> str:
+        sizes = ', '.join(f'{s}={len(sp)}' for s, sp in self.splits().items())
+        return (f'DataSplits(name={self.name!r}, task={self.task!r}, num_classes={self.num_classes}, '
+                f'in_shape={tuple(self.in_shape)}, {sizes})')
+
+
+def split_counts(y: Tensor, num_classes: int) -> List[int]:
+    return torch.bincount(y.reshape(-1).long(), minlength=num_classes).tolist()
+
+
+def add_size_info(ds: DataSplits) -> DataSplits:
+    """Fill ``info['sizes']`` (and ``info['class_counts']`` for classification)."""
+    ds.info['sizes'] = {s: len(sp) for s, sp in ds.splits().items()}
+    if ds.task == 'classification':
+        classes = ds.classes or [str(i) for i in range(ds.num_classes)]
+        ds.info['class_counts'] = {s: dict(zip(classes, split_counts(sp.y, ds.num_classes)))
+                                   for s, sp in ds.splits().items()}
+    return ds
+
+
+# ----------------------------------------------------------------------------- places
+def data_root(root=None) -> Path:
+    """``root`` if given, else ``$QZOO_DATA``, else ``<checkout>/../shared/data``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get('QZOO_DATA')
+    return Path(env).expanduser() if env else DEFAULT_ROOT
+
+
+def root_source(root=None) -> str:
+    if root is not None:
+        return 'root= argument'
+    return 'QZOO_DATA' if os.environ.get('QZOO_DATA') else 'default <checkout>/../shared/data'
+
+
+def cache_dir() -> Path:
+    """``$QZOO_CACHE`` or ``~/.cache/qzoo``."""
+    env = os.environ.get('QZOO_CACHE')
+    return Path(env).expanduser() if env else Path.home() / '.cache' / 'qzoo'
+
+
+def missing(path: Path, what: str, source: str, root_from: str = '') -> FileNotFoundError:
+    where = f' (data root from {root_from})' if root_from else ''
+    return FileNotFoundError(f'{path} not found{where}: expected {what}. {source} Then {HOW_TO_POINT}.')
+
+
+# ----------------------------------------------------------------------------- hashing, seeds
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha256_array(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a.numpy() if isinstance(a, Tensor) else a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def hash_rank(seed: int, keys: Iterable) -> np.ndarray:
+    """A seeded, library-version-independent random order: the 64-bit BLAKE2b digest of
+    ``f'{seed}:{key}'`` for each key (sort by it to shuffle)."""
+    return np.array([int.from_bytes(hashlib.blake2b(f'{seed}:{k}'.encode(), digest_size=8).digest(), 'big')
+                     for k in keys], dtype=np.uint64)
+
+
+def mix_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ints/strings (for torch.Generator / numpy SeedSequence)."""
+    d = hashlib.blake2b(':'.join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(d, 'big') & ((1 << 63) - 1)
+
+
+def apportion(total: int, weights: Sequence[float]) -> List[int]:
+    """Integers proportional to ``weights`` summing exactly to ``total`` (largest remainder;
+    ties go to the earlier entry)."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = total * w / w.sum()
+    base = np.floor(exact).astype(int)
+    order = sorted(range(len(w)), key=lambda i: (-(exact[i] - base[i]), i))
+    for i in order[:total - base.sum()]:
+        base[i] += 1
+    return base.tolist()
+
+
+STRATIFIED_RULE = ('per class, indices ranked by the 64-bit BLAKE2b digest of "<seed>:<index>" (index into '
+                   'the source training set); the first k_c of class c go to val, with k_c proportional to '
+                   'the class size (largest remainder) and summing to n_val; the rest go to train; both '
+                   'splits keep source order')
+
+
+def stratified_holdout(labels: np.ndarray, n_val: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx), sorted, following :data:`STRATIFIED_RULE`."""
+    labels = np.asarray(labels)
+    if not 0 <= n_val <= len(labels):
+        raise ValueError(f'n_val={n_val} must be in [0, {len(labels)}]')
+    classes = np.unique(labels)
+    per = apportion(n_val, [np.sum(labels == c) for c in classes])
+    rank = hash_rank(seed, range(len(labels)))
+    val = []
+    for c, k in zip(classes, per):
+        idx = np.flatnonzero(labels == c)
+        val.append(idx[np.argsort(rank[idx], kind='stable')[:k]])
+    val = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return train.astype(np.int64), val.astype(np.int64)
+
+
+def group_split(groups: Sequence[str], fractions: Sequence[float], seed: int) -> Dict[str, List[str]]:
+    """Split distinct group keys into train/val/test: keys ranked by BLAKE2b("<seed>:<key>"), test
+    takes the first round(f_test * n), val the next round(f_val * n) (each at least 1 when there
+    are 3+ groups), train the rest. Lists come back sorted."""
+    keys = sorted(set(groups))
+    n = len(keys)
+    f_train, f_val, f_test = fractions
+    n_test, n_val = int(round(f_test * n)), int(round(f_val * n))
+    if n >= 3:
+        n_test, n_val = max(n_test, 1 if f_test > 0 else 0), max(n_val, 1 if f_val > 0 else 0)
+    if n_test + n_val > n:
+        raise ValueError(f'cannot split {n} groups by fractions {tuple(fractions)}')
+    order = [keys[i] for i in np.argsort(hash_rank(seed, keys), kind='stable')]
+    return {'test': sorted(order[:n_test]), 'val': sorted(order[n_test:n_test + n_val]),
+            'train': sorted(order[n_test + n_val:])}
+
+
+# ----------------------------------------------------------------------------- files
+def load_npz(path: Path, keys: Sequence[str], what: str = '') -> Dict[str, np.ndarray]:
+    """Read ``keys`` from an .npz; a truncated / corrupt file or a missing key is a ValueError
+    naming the file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            have = set(z.files)
+            lost = [k for k in keys if k not in have]
+            if lost:
+                raise ValueError(f'{path} lacks key(s) {lost} (it has {sorted(have)}); expected {what or "keys " + str(list(keys))}. '
+                                 f'The file is not the expected one: copy it again from its source.')
+            return {k: z[k] for k in keys}
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated or '
+                         f'corrupt: copy it again from its source') from e
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        raise ValueError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated or '
+                         f'corrupt: copy it again from its source') from e
+
+
+def save_npz_atomic(path: Path, compressed: bool = False, **arrays) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    with open(tmp, 'wb') as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+    os.replace(tmp, path)
+
+
+def repo_pack(name: str) -> Path:
+    return REPO_DATA / name
+
+
+def check_pack(path: Path) -> str:
+    """Verify a shipped pack against ``data/MANIFEST.json``; returns its sha256."""
+    if not path.exists():
+        raise FileNotFoundError(f'{path} (shipped with the repository) is missing: restore it with git '
+                                f'(git checkout -- data/) or regenerate it with data/make_packs.py')
+    digest = sha256_file(path)
+    manifest = REPO_DATA / 'MANIFEST.json'
+    if manifest.exists():
+        want = json.loads(manifest.read_text()).get('files', {}).get(path.name, {}).get('sha256')
+        if want and want != digest:
+            raise ValueError(f'{path} does not match data/MANIFEST.json (sha256 {digest[:12]}..., expected '
+                             f'{want[:12]}...): restore it with git (git checkout -- data/{path.name})')
+    return digest
+
+
+def only_test(splits: Sequence[str]) -> bool:
+    return set(splits) <= {'test'}
