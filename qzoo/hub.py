@@ -183,7 +183,7 @@ def resolve_spec(spec: Union[str, Path], cache_dir=None) -> Tuple[Dict[str, torc
         expected = config.get('qzoo', {}).get('sha256')
         sd, meta = load_weights(path, expected, f'delete {path} from the HF cache and download again')
         return sd, _info(config, meta, path, 'hf-hub:' + repo)
-    if spec_s.startswith(('http://', 'https://')):
+    if spec_s.startswith(('http://', 'https://', 'file://')):
         path = _url_to_file(spec_s)
         sd, meta = load_weights(path, _expected_from_name(path), f'delete {path} and download again')
         return sd, _info(None, meta, path, spec_s)
