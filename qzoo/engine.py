@@ -36,7 +36,7 @@ from . import __version__
 from .measure import count_macs, count_params
 from .relinear import param_groups
 
-__all__ = ['DEFAULTS', 'load_recipe', 'train', 'TrainingDiverged', 'RecipeError', 'evaluate', 'Metrics']
+__all__ = ['DEFAULTS', 'load_recipe', 'train', 'TrainingDiverged', 'CheckpointWriteError', 'RecipeError', 'evaluate', 'Metrics']
 
 DEFAULTS: Dict[str, Any] = dict(
     name=None,                 # run name; default <model>-<data>
@@ -68,7 +68,8 @@ DEFAULTS: Dict[str, Any] = dict(
     deterministic=False,
     device='auto',
     nan_check_every=50,        # steps between (synchronising) non-finite loss checks
-    fault={},                  # test hooks, not part of the recipe: {nan_at_step: k, stop_after_epoch: e}
+    fault={},                  # fault injection for tests, not part of the recipe: nan_at_step, stop_after_epoch,
+                               # pause_at_step (sleep there, for kill -9 tests), fail_save_at_epoch (disk full)
     smoke={'train': 64, 'val': 32, 'test': 32, 'epochs': 1, 'batch_size': 16},
 )
 
@@ -79,6 +80,10 @@ class RecipeError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint was kept."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous one is intact."""
 
 
 # ---- recipes --------------------------------------------------------------------------------
@@ -282,11 +287,15 @@ def _device_name(device: torch.device) -> str:
 
 
 # ---- checkpoints ---------------------------------------------------------------------------
-def _atomic_save(obj, path: Path) -> None:
+def _atomic_save(obj, path: Path, fail: bool = False) -> None:
+    """Write to a temp file, fsync, then rename over ``path``: a crash or a failed write
+    (disk full, permissions) leaves the previous checkpoint intact."""
     tmp = path.with_name(path.name + '.tmp')
     try:
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
+            if fail:  # fault injection: the disk fills up after a partial write
+                raise OSError(28, 'No space left on device (injected)', str(tmp))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -454,6 +463,9 @@ def train(cfg: Dict[str, Any], out_dir, resume: bool = False, smoke: bool = Fals
                 loss = loss_fn(outp, y)
             if fault_step is not None and global_step == fault_step:
                 loss = loss * float('nan')
+            if fault.get('pause_at_step') == global_step and dist.main:
+                (out / 'paused').write_text(str(global_step))
+                time.sleep(600)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg['grad_clip']:
@@ -490,9 +502,16 @@ def train(cfg: Dict[str, Any], out_dir, resume: bool = False, smoke: bool = Fals
                    img_s=n_seen * dist.world_size / max(train_time, 1e-9), epoch_time_s=train_time)
         log(rec)
         if dist.main:
-            _atomic_save(dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                              epoch=epoch, best=best, best_epoch=best_epoch, rng=_rng_state(device),
-                              recipe_sha256=sha, wall_time_s=wall_before + time.time() - t_start), ckpt_path)
+            try:
+                _atomic_save(dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                  epoch=epoch, best=best, best_epoch=best_epoch, rng=_rng_state(device),
+                                  recipe_sha256=sha, wall_time_s=wall_before + time.time() - t_start), ckpt_path,
+                             fail=fault.get('fail_save_at_epoch') == epoch)
+            except OSError as e:
+                raise CheckpointWriteError(
+                    f'{cfg["name"]}: could not write the epoch-{epoch} checkpoint {ckpt_path} ({e}); '
+                    + (f'the previous checkpoint (epoch {epoch - 1}) is intact' if ckpt_path.exists() else
+                       'no earlier checkpoint exists') + '. Fix: free disk space / fix permissions, then --resume') from e
         if bar is not None:
             bar.set_postfix({primary: f'{score:.3f}', 'loss': f"{rec['train_loss']:.3f}"})
             bar.update(1)

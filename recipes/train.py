@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from qzoo.engine import RecipeError, TrainingDiverged, load_recipe, train  # noqa: E402
+from qzoo.engine import CheckpointWriteError, RecipeError, TrainingDiverged, load_recipe, train  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         out = args.out or f"runs/{cfg['name']}-s{cfg['seed']}" + ('-smoke' if args.smoke else '')
         res = train(cfg, out, resume=args.resume, smoke=args.smoke, recipe_path=args.config,
                     progress=not args.no_progress)
-    except (RecipeError, TrainingDiverged, FileNotFoundError) as e:
+    except (RecipeError, TrainingDiverged, CheckpointWriteError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     if res:
