@@ -43,6 +43,9 @@ class QuadraticLayer(nn.Module):
                  bias: bool = True, init: str = 'relinear', fused: bool = True):
         super().__init__()
         self.neuron: NeuronFamily = get_neuron(neuron)
+        for name, v in (('out_channels', out_channels), ('groups', groups)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f'{type(self).__name__}: {name} must be a positive integer, got {v!r}')
         self.out_channels = out_channels
         self.groups = groups
         self.fused = fused
@@ -94,6 +97,14 @@ class QuadraticLayer(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         raise NotImplementedError
 
+    def _check_dtype(self, x: Tensor) -> None:
+        w = next(iter(self.terms.values())).weight
+        if not isinstance(x, Tensor):
+            raise TypeError(f'{type(self).__name__} expects a tensor, got {type(x).__name__}')
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f'{type(self).__name__} has {w.dtype} weights but got a {x.dtype} input; convert one '
+                            f'(x.to({w.dtype}) or layer.to({x.dtype})) or run under torch.autocast')
+
     def _channel_dim(self, y: Tensor) -> int:
         """Channel dim of an output: last for Linear, before the spatial dims for convs."""
         return y.dim() - 1 - self._nd
@@ -102,6 +113,7 @@ class QuadraticLayer(nn.Module):
     def forward(self, x: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         if not self.fused:
             return self.forward_reference(x, output_size)
+        self._check_dtype(x)
         self._check_input(x)
         terms = self.terms
         out: Dict[str, Tensor] = {}
@@ -120,6 +132,7 @@ class QuadraticLayer(nn.Module):
 
     def forward_reference(self, x: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         """One call per term, no stacking: the plain three-convolution reference."""
+        self._check_dtype(x)
         self._check_input(x)
         out = {}
         for name, m in self.terms.items():
@@ -167,6 +180,8 @@ class QuadraticLinear(QuadraticLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, neuron: NeuronSpec = 'fan',
                  device=None, dtype=None, init: str = 'relinear', fused: bool = True):
         self.in_features, self.out_features = in_features, out_features
+        if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1:
+            raise ValueError(f'QuadraticLinear: in_features must be a positive integer, got {in_features!r}')
 
         def make(out, b):
             return nn.Linear(in_features, out, bias=b, device=device, dtype=dtype)
@@ -189,6 +204,12 @@ class _QuadraticConvNd(QuadraticLayer):
                  bias=True, padding_mode='zeros', neuron: NeuronSpec = 'fan', device=None, dtype=None,
                  init: str = 'relinear', fused: bool = True, output_padding=0):
         self.in_channels = in_channels
+        ks = (kernel_size,) * self._nd if isinstance(kernel_size, int) else tuple(kernel_size)
+        for name, v in (('in_channels', in_channels), *((f'kernel_size[{i}]', k) for i, k in enumerate(ks))):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f'{type(self).__name__}: {name} must be a positive integer, got {v!r}')
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f'{type(self).__name__}: groups must be a positive integer, got {groups!r}')
         if in_channels % groups:
             raise ValueError(f'in_channels ({in_channels}) must be divisible by groups ({groups})')
         kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -205,6 +226,15 @@ class _QuadraticConvNd(QuadraticLayer):
             spatial = 'L' if self._nd == 1 else 'H, W'
             raise ValueError(f'{type(self).__name__} expects input (N, {self.in_channels}, {spatial}) or '
                              f'({self.in_channels}, {spatial}), got shape {tuple(x.shape)}')
+        m = self._ref
+        pad = m.padding if isinstance(m.padding, tuple) else (0,) * self._nd
+        for i, size in enumerate(x.shape[-self._nd:]):
+            need = m.dilation[i] * (m.kernel_size[i] - 1) + 1
+            have = size if self._transposed else size + 2 * pad[i]
+            if have < (1 if self._transposed else need):
+                raise ValueError(f'{type(self).__name__}: spatial size {tuple(x.shape[-self._nd:])} is too small '
+                                 f'for kernel {m.kernel_size} (padding {m.padding}, dilation {m.dilation}); '
+                                 f'use a larger input or more padding')
 
     @property
     def _ref(self) -> nn.Module:

@@ -58,6 +58,17 @@ def check_input(x: Tensor, model: nn.Module, shape: Sequence[Union[int, str]]) -
                              f'(dim {i + 1} is {x.shape[i + 1]}, expected {s})')
 
 
+def check_args(model: str, in_chans: int, num_classes: int, **sizes: int) -> None:
+    """ValueError for impossible sizes: ``in_chans`` >= 1, ``num_classes`` >= 0 (0 = no classifier,
+    as in timm), every other size >= 1."""
+    for k, v in dict(in_chans=in_chans, **sizes).items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f'{model}: {k} must be a positive integer, got {v!r}')
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise ValueError(f'{model}: num_classes must be an integer >= 0 (0 removes the classifier), '
+                         f'got {num_classes!r}')
+
+
 def neuron_spec(neuron: NeuronSpec) -> str:
     return get_neuron(neuron).spec
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, with_published, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
 
 __all__ = ['BearingCNN']
 
@@ -32,9 +32,11 @@ class BearingCNN(nn.Module):
                  num_classes: int = 10, in_chans: int = 1, input_length: int = 2048,
                  neuron: NeuronSpec = 'linear', drop_rate: float = 0.5):
         super().__init__()
-        channels = [int(c) for c in channels]
-        if len(channels) != 6 or any(c < 1 for c in channels):
-            raise ValueError(f'channels must list 6 positive widths, got {channels}')
+        channels = list(channels)
+        if len(channels) != 6:
+            raise ValueError(f'channels must list 6 widths, got {channels}')
+        check_args('BearingCNN', in_chans, num_classes, hidden=hidden, input_length=input_length,
+                   **{f'channels[{i}]': c for i, c in enumerate(channels)})
         fam = get_neuron(neuron)
         self.channels, self.hidden, self.neuron = channels, hidden, fam.spec
         self.num_classes, self.in_chans, self.input_length, self.drop_rate = num_classes, in_chans, input_length, drop_rate
@@ -93,6 +95,7 @@ def wdcnn(pretrained: bool = False, width: int = 16, **kwargs) -> BearingCNN:
     num_classes (10), in_chans (1), input_length (2048)."""
     kwargs.setdefault('neuron', 'linear')
     kwargs.setdefault('hidden', 100)
+    check_args('wdcnn', 1, 0, width=width)
     ch = [width, 2 * width, 4 * width, 4 * width, 4 * width, 4 * width]
     return build(BearingCNN, 'wdcnn', pretrained, channels=ch, **kwargs)
 
@@ -103,4 +106,5 @@ def qcnn(pretrained: bool = False, width: int = 16, **kwargs) -> BearingCNN:
     neuron ('fan'), num_classes (10), in_chans (1), input_length (2048)."""
     kwargs.setdefault('neuron', 'fan')
     kwargs.setdefault('hidden', 20)
+    check_args('qcnn', 1, 0, width=width)
     return build(BearingCNN, 'qcnn', pretrained, channels=[width] * 6, **kwargs)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from typing import Optional, Sequence
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, with_published, cfg, check_input, entrypoint, kaiming_init_, make_layer, set_traits, tensor_owners
+from ._common import build, with_published, cfg, check_args, check_input, entrypoint, kaiming_init_, make_layer, set_traits, tensor_owners
 
 __all__ = ['CifarResNet', 'BasicBlock']
 
@@ -70,9 +70,11 @@ class CifarResNet(nn.Module):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 conv + BN), got {shortcut!r}")
         if global_pool != 'avg':
             raise ValueError(f"CIFAR ResNets support global_pool='avg' only, got {global_pool!r}")
-        widths = [width, 2 * width, 4 * width] if widths is None else [int(w) for w in widths]
-        if len(widths) != 3 or min(widths) < 1:
-            raise ValueError(f'width must be >= 1 and widths three positive ints, got width={width}, widths={widths}')
+        check_args('CifarResNet', in_chans, num_classes, width=width)
+        widths = [width, 2 * width, 4 * width] if widths is None else list(widths)
+        if len(widths) != 3:
+            raise ValueError(f'widths must list 3 stage widths, got {widths}')
+        check_args('CifarResNet', in_chans, num_classes, **{f'widths[{i}]': w for i, w in enumerate(widths)})
         n = (depth - 2) // 6
         fam = get_neuron(neuron)
         quad = fam.name != 'linear'

@@ -8,7 +8,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..layers import QuadraticLayer, quadratize
 from ..neurons import get_neuron
-from ._common import build, with_published, entrypoint, set_traits, tensor_owners
+from ._common import build, with_published, check_args, entrypoint, set_traits, tensor_owners
 
 __all__ = ['QuadraticResNet']
 
@@ -20,7 +20,12 @@ class QuadraticResNet(ResNet):
         block_cls = {'basic': BasicBlock, 'bottleneck': Bottleneck}.get(block)
         if block_cls is None:
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
-        super().__init__(block=block_cls, layers=list(layers), **kwargs)
+        check_args('QuadraticResNet', kwargs.get('in_chans', 3), kwargs.get('num_classes', 1000),
+                   **{f'layers[{i}]': n for i, n in enumerate(layers)})
+        try:
+            super().__init__(block=block_cls, layers=list(layers), **kwargs)
+        except AssertionError as e:  # timm's argument checks
+            raise ValueError(f'QuadraticResNet: {e}') from None
         fam = get_neuron(neuron)
         self.neuron = fam.spec
         if fam.name != 'linear':

@@ -8,7 +8,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, with_published, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
 
 __all__ = ['MLP']
 
@@ -24,9 +24,8 @@ class MLP(nn.Module):
         super().__init__()
         if act not in _ACTS:
             raise ValueError(f"unknown activation {act!r}; valid: {', '.join(_ACTS)}")
-        hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
-        if any(h < 1 for h in hidden):
-            raise ValueError(f'hidden sizes must be >= 1, got {hidden}')
+        hidden = list([hidden] if isinstance(hidden, int) else hidden)
+        check_args('MLP', in_chans, num_classes, **{f'hidden[{i}]': h for i, h in enumerate(hidden)})
         fam = get_neuron(neuron)
         self.hidden, self.neuron, self.act = hidden, fam.spec, act
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, with_published, cfg, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
 
 __all__ = ['UNet']
 
@@ -51,10 +51,7 @@ class UNet(nn.Module):
     def __init__(self, base_width: int = 64, depth: int = 4, num_classes: int = 1, in_chans: int = 3,
                  neuron: NeuronSpec = 'linear'):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f'depth must be >= 1, got {depth}')
-        if base_width < 1:
-            raise ValueError(f'base_width must be >= 1, got {base_width}')
+        check_args('UNet', in_chans, num_classes, base_width=base_width, depth=depth)
         fam = get_neuron(neuron)
         self.base_width, self.depth, self.neuron = base_width, depth, fam.spec
         self.num_classes, self.in_chans = num_classes, in_chans
