@@ -164,6 +164,7 @@ class Metrics:
 
     def __init__(self, task: str, num_classes: int, device):
         self.task, self.num_classes = task, num_classes
+        self.nonfinite = torch.zeros((), dtype=torch.long, device=device)
         if task == 'classification':
             self.conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
             self.top5 = torch.zeros((), dtype=torch.long, device=device)
@@ -172,6 +173,7 @@ class Metrics:
 
     def update(self, out: torch.Tensor, y: torch.Tensor) -> None:
         out = out.float()
+        self.nonfinite += (~torch.isfinite(out)).flatten(1).any(1).sum()
         if self.task == 'classification':
             pred = out.argmax(1)
             self.conf += torch.bincount(y * self.num_classes + pred, minlength=self.num_classes ** 2
@@ -194,6 +196,14 @@ class Metrics:
                                       torch.tensor(float(len(err)), device=err.device, dtype=torch.float64)])
 
     def compute(self) -> Dict[str, float]:
+        """The task's metrics; ``nonfinite`` (samples with a NaN/inf output) is added when not zero."""
+        res = self._compute()
+        bad = int(self.nonfinite.item())
+        if bad:
+            res['nonfinite'] = bad
+        return res
+
+    def _compute(self) -> Dict[str, float]:
         if self.task == 'classification':
             c = self.conf.double().cpu()
             tp = c.diag()
@@ -344,9 +354,11 @@ def _lr_lambda(cfg, steps_per_epoch: int):
 
 
 def _smoke_slice(split, n: int):
+    """A seeded random subset of ``n`` samples (splits may be stored sorted by class)."""
     if split is None or n is None:
         return split
-    return type(split)(split.x[:n], split.y[:n])
+    idx = torch.randperm(len(split.x), generator=torch.Generator().manual_seed(0))[:n]
+    return type(split)(split.x[idx], split.y[idx])
 
 
 def train(cfg: Dict[str, Any], out_dir, resume: bool = False, smoke: bool = False,
@@ -492,6 +504,8 @@ def train(cfg: Dict[str, Any], out_dir, resume: bool = False, smoke: bool = Fals
         train_time = time.time() - t0
         val = evaluate(model, val_loader, ds.task, ds.num_classes, device, amp_dtype)
         score = val[primary]
+        if val.get('nonfinite'):  # NaN/inf outputs: never select this epoch
+            score = -math.inf if higher else math.inf
         improved = best is None or (score > best if higher else score < best)
         if improved:
             best, best_epoch = score, epoch
