@@ -34,13 +34,13 @@ def _metrics_lines(res: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def _body(config: Dict[str, Any], name: str) -> str:
+def _body(config: Dict[str, Any], name: str, heading: bool = True) -> str:
     qz = config.get('qzoo', {})
     res = qz.get('results', {})
     arch = config['architecture']
     args = config.get('model_args', {})
     pc = config.get('pretrained_cfg', {})
-    lines = [f'## {name}', '',
+    lines = ([f'## {name}', ''] if heading else []) + [
              f'- **architecture**: `{arch}` with model args `{json.dumps(args, sort_keys=True)}`',
              f"- **neuron**: `{qz.get('neuron', '?')}`",
              f"- **parameters**: {qz.get('params', '?'):,}" if isinstance(qz.get('params'), int) else
@@ -82,7 +82,7 @@ def model_card(config: Dict[str, Any], name: str = None) -> str:
     if res.get('dataset'):
         front += ['datasets:', f"- {res['dataset']}"]
     front += ['---', '']
-    return '\n'.join(front) + f'# {name}\n\n' + _body(config, name).split('\n', 2)[2] + \
+    return '\n'.join(front) + f'# {name}\n\n' + _body(config, name, heading=False) + \
         f'\n## Citation\n\n```bibtex\n{CITATION}\n```\n'
 
 

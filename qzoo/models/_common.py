@@ -92,6 +92,23 @@ def kaiming_init_(model: nn.Module) -> None:
             m.reset_quadratic_('relinear')
 
 
+class HeadMixin:
+    """timm's classifier interface over ``self.head``, built by ``self._make_head(num_classes)``."""
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 def set_traits(model: nn.Module, first_conv) -> None:
     """Declare the model's current first conv (depends on its neuron) for timm's input adaptation."""
     model._traits = dict(getattr(model, '_traits', {}), first_conv=first_conv)

@@ -8,14 +8,14 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import HeadMixin, build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
 
 __all__ = ['MLP']
 
 _ACTS = {'relu': nn.ReLU, 'tanh': nn.Tanh, 'sigmoid': nn.Sigmoid, 'gelu': nn.GELU, 'identity': nn.Identity}
 
 
-class MLP(nn.Module):
+class MLP(HeadMixin, nn.Module):
     """``in_chans`` inputs -> ``hidden`` layers -> ``num_classes`` outputs (use
     ``num_classes=1`` for regression). All layers use ``neuron``."""
 
@@ -44,26 +44,14 @@ class MLP(nn.Module):
         return make_layer('linear', self.num_features, num_classes, neuron=self.neuron) if num_classes > 0 \
             else nn.Identity()
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-
     def forward_features(self, x: Tensor) -> Tensor:
         check_input(x, self, (self.in_chans,))
         return self.features(x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _mlp_cfg(quadratic: bool):
-    return cfg(num_classes=2, input_size=(2, 1, 1), mean=(0.0, 0.0), std=(1.0, 1.0), first_conv=None,
+    return cfg(num_classes=2, input_size=(2, 1, 1), mean=(0.0,), std=(1.0,), first_conv=None,
                classifier=('head.linear_r', 'head.linear_g', 'head.linear_b') if quadratic else 'head',
                paper_ids='arXiv:2303.06316',
                notes=('input_size is (features, 1, 1): the model takes (N, features) tensors',))

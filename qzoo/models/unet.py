@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import HeadMixin, build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
 
 __all__ = ['UNet']
 
@@ -47,7 +47,7 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
-class UNet(nn.Module):
+class UNet(HeadMixin, nn.Module):
     def __init__(self, base_width: int = 64, depth: int = 4, num_classes: int = 1, in_chans: int = 3,
                  neuron: NeuronSpec = 'linear'):
         super().__init__()
@@ -68,13 +68,6 @@ class UNet(nn.Module):
         return make_layer('conv2d', self.base_width, num_classes, 1, bias=True, neuron=self.neuron) \
             if num_classes > 0 else nn.Identity()
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool=None) -> None:
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-
     def forward_features(self, x: Tensor) -> Tensor:
         """Decoder output at full resolution, ``base_width`` channels."""
         check_input(x, self, (self.in_chans, 'H', 'W'))
@@ -86,11 +79,6 @@ class UNet(nn.Module):
             x = up(x, skips.pop())
         return x
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _unet_cfg(quadratic: bool):

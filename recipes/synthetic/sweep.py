@@ -24,15 +24,17 @@ import torch  # noqa: E402
 
 from qzoo.engine import load_recipe, train  # noqa: E402
 
-# task: (recipe, metric, target, higher_is_better)
+# task: (recipe, metric, target, higher_is_better). Classification targets sit about one point
+# under the noise-limited plateau both families reach on the 2-D tasks (98.5-99.4%); the
+# regression target is twice the noise variance (noise std 0.05).
 TASKS = {
-    'circles-d2': ('circles-d2.yaml', 'top1', 99.0, True),
-    'spheres-d10': ('spheres-d10.yaml', 'top1', 99.0, True),
+    'circles-d2': ('circles-d2.yaml', 'top1', 98.0, True),
+    'moons-d2': ('moons-d2.yaml', 'top1', 98.0, True),
+    'spheres-d10': ('spheres-d10.yaml', 'top1', 97.0, True),
     'spheres-d50': ('spheres-d50.yaml', 'top1', 95.0, True),
-    'moons-d2': ('moons-d2.yaml', 'top1', 99.0, True),
     'interaction-d2': ('interaction-d2.yaml', 'mse', 0.005, False),
 }
-SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+SIZES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128]
 
 
 def run_one(task, model, size, seed, runs, force=False):
@@ -58,8 +60,8 @@ def boundary_plot(task, runs_by_model, path):
     lo, hi = x.min(0).values - 0.3, x.max(0).values + 0.3
     gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing='xy')
     grid = torch.stack([gx.flatten(), gy.flatten()], 1)
-    fig, axes = plt.subplots(1, len(runs_by_model), figsize=(5 * len(runs_by_model), 4.6), dpi=110)
-    for ax, (label, folder) in zip(axes, runs_by_model.items()):
+    fig, axes = plt.subplots(1, len(runs_by_model), figsize=(5 * len(runs_by_model), 4.6), dpi=110, squeeze=False)
+    for ax, (label, folder) in zip(axes[0], runs_by_model.items()):
         model = qzoo.hub.from_pretrained(folder)
         with torch.no_grad():
             p = model(grid).softmax(1)[:, 1].view(300, 300)
