@@ -24,6 +24,23 @@ def _fmt(v):
     return str(v)
 
 
+def _duration(seconds) -> str:
+    seconds = float(seconds or 0)
+    return f'{seconds:.1f} s' if seconds < 120 else f'{seconds / 60:.1f} min'
+
+
+def _pipeline_tag(res: Dict[str, Any]) -> str:
+    """Hugging Face task tag from the task and the input rank (image / 1-D signal / tabular)."""
+    rank = len(res.get('macs_input') or [0, 0, 0, 0]) - 1
+    kind = {3: 'image', 2: 'signal', 1: 'tabular'}.get(rank, 'image')
+    task = res.get('task', 'classification')
+    if task == 'segmentation':
+        return 'image-segmentation'
+    if kind == 'signal':
+        return 'signal-classification'
+    return f'{kind}-{"regression" if task == "regression" else "classification"}'
+
+
 def _metrics_lines(res: Dict[str, Any]) -> List[str]:
     lines = []
     for split in ('val', 'test'):
@@ -53,21 +70,29 @@ def _body(config: Dict[str, Any], name: str, heading: bool = True) -> str:
                   f"of {res.get('epochs', '?')}); the test split was used once, for the numbers below",
                   f"- **seed**: {res.get('seed', '?')}; **recipe**: `{res.get('recipe', '?')}` "
                   f"(sha256 `{str(res.get('recipe_sha256', '?'))[:16]}…`)",
-                  f"- **training**: {_fmt(res.get('wall_time_s', 0) / 60)} min on {res.get('device', '?')}, "
+                  f"- **training**: {_duration(res.get('wall_time_s'))} on {res.get('device', '?')}, "
                   f"torch {res.get('torch', '?')}"]
         lines += _metrics_lines(res)
-    lines += [f"- **weights**: `model.safetensors`, sha256 `{qz.get('sha256', '?')}`, stored as {qz.get('weights_dtype', '?')}",
+    dtype = str(qz.get('weights_dtype', '?')).replace('torch.', '')
+    fp16 = res.get('fp16_check') or {}
+    if fp16:
+        dtype += (f" (float16 leaves the test {fp16['metric']} unchanged: {_fmt(fp16['fp16'])})" if fp16.get('unchanged')
+                  else f" (float16 would change the test {fp16['metric']}: {_fmt(fp16['fp32'])} -> {_fmt(fp16['fp16'])})")
+    lines += [f"- **weights**: `model.safetensors`, sha256 `{qz.get('sha256', '?')}`, stored as {dtype}",
               f"- **input**: {pc.get('input_size')}, mean {pc.get('mean')}, std {pc.get('std')}",
               f"- **license**: {pc.get('license', '?')}",
               '', '```python',
-              'import qzoo, timm, torch',
-              f"model = timm.create_model('{name}', pretrained=True)" if '.' in name else
-              f"model = qzoo.hub.from_pretrained('<folder or hf-hub:org/name>')",
-              f"model = qzoo.create_model('{name}', pretrained=True)" if '.' in name else '',
-              f"model = torch.hub.load('<owner>/qzoo', '{arch}', pretrained=True, trust_repo=True)"
-              if '.' in name and name.split('.', 1)[1] == pc.get('tag') else '',
-              '```']
-    return '\n'.join(l for l in lines if l != '') + '\n'
+              'import qzoo, timm, torch']
+    if '.' in name:
+        arch, tag = name.split('.', 1)
+        lines += [f"model = timm.create_model('{name}', pretrained=True)   # after `import qzoo`",
+                  f"model = qzoo.create_model('{name}', pretrained=True)",
+                  f"model = torch.hub.load('<owner>/qzoo', '{arch}', pretrained=True, pretrained_cfg='{tag}', "
+                  f"trust_repo=True)"]
+    else:
+        lines.append("model = qzoo.hub.from_pretrained('<this folder or hf-hub:org/name>')")
+    lines.append('```')
+    return '\n'.join(lines) + '\n'
 
 
 def model_card(config: Dict[str, Any], name: str = None) -> str:
@@ -77,7 +102,7 @@ def model_card(config: Dict[str, Any], name: str = None) -> str:
     pc = config.get('pretrained_cfg', {})
     name = name or (f"{config['architecture']}.{pc['tag']}" if pc.get('tag') else config['architecture'])
     front = ['---', 'library_name: timm', f"license: {pc.get('license', 'apache-2.0')}",
-             'tags:', '- image-classification' if res.get('task') == 'classification' else f"- {res.get('task', 'model')}",
+             'tags:', f'- {_pipeline_tag(res)}',
              '- quadratic-neurons', '- qzoo']
     if res.get('dataset'):
         front += ['datasets:', f"- {res['dataset']}"]

@@ -136,8 +136,8 @@ def resolve_published(name: str, cache_dir=None) -> Tuple[Path, Dict[str, Any]]:
     entry = _manifest_entry(name)
     local = CHECKPOINTS_DIR / entry['folder'] / WEIGHTS_NAME
     if local.is_file():
-        fix = (f'restore it from git (git checkout -- {local.relative_to(REPO_ROOT)}) '
-               f'or download hf-hub:{entry["hf_hub_id"]}')
+        rel = local.relative_to(REPO_ROOT) if local.is_relative_to(REPO_ROOT) else local
+        fix = f'restore it from git (git checkout -- {rel}) or download hf-hub:{entry["hf_hub_id"]}'
         _check_sha(local, entry['sha256'], fix)
         return local, entry
     if not entry.get('hf_hub_id'):
@@ -340,11 +340,12 @@ def _jsonable(v):
 
 
 def save_pretrained(model: nn.Module, directory: Union[str, Path], *, results: Optional[Dict[str, Any]] = None,
-                    dtype: Optional[torch.dtype] = None, card: bool = True) -> Path:
+                    dtype: Optional[torch.dtype] = None, card: bool = True, name: Optional[str] = None) -> Path:
     """Write ``model.safetensors`` (metadata: architecture, neuron, params, model_args),
     ``config.json`` (timm's hub format plus a ``qzoo`` block with the weights' SHA-256 and
     ``results``) and, with ``card``, a model-card ``README.md``. Returns the folder.
-    ``dtype=torch.float16`` stores floating tensors in half precision."""
+    ``dtype=torch.float16`` stores floating tensors in half precision; ``name`` titles the card
+    (default: the architecture)."""
     from timm.models._hub import save_config_for_hf
     from .measure import count_params
     directory = Path(directory)
@@ -356,7 +357,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path], *, results: O
                   if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args')}
     meta = dict(format='pt', architecture=arch, neuron=str(getattr(model, 'neuron', 'linear')),
                 params=str(count_params(model)), model_args=json.dumps(model_args, sort_keys=True),
-                dtype=str(dtype or 'as trained'))
+                dtype=str(dtype).replace('torch.', '') if dtype else 'as trained')
     sha = save_weights(model.state_dict(), directory / WEIGHTS_NAME, meta, dtype)
     qz = dict(sha256=sha, neuron=meta['neuron'], params=int(meta['params']), weights_dtype=meta['dtype'])
     if results:
@@ -365,7 +366,7 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path], *, results: O
     save_config_for_hf(model, str(directory / CONFIG_NAME), model_config={'qzoo': qz})
     if card:
         from .cards import model_card
-        (directory / 'README.md').write_text(model_card(json.loads((directory / CONFIG_NAME).read_text())))
+        (directory / 'README.md').write_text(model_card(json.loads((directory / CONFIG_NAME).read_text()), name))
     return directory
 
 

@@ -8,6 +8,7 @@ evaluating the float16-rounded weights on the test split), else float32.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from .cards import zoo_cards
 from .hub import CHECKPOINTS_DIR, HF_ORG, MANIFEST, REPO_ROOT, from_pretrained, published, save_pretrained
 
-__all__ = ['publish', 'write_cards', 'CARDS']
+__all__ = ['publish', 'set_default', 'write_cards', 'CARDS']
 
 CARDS = REPO_ROOT / 'MODEL_CARDS.md'
 _TAG = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
@@ -41,6 +42,26 @@ def _fp16_unchanged(run: Path, results: Dict[str, Any]) -> Dict[str, Any]:
     key = results['primary_metric']
     return dict(metric=key, fp32=results['test'][key], fp16=metrics[key],
                 unchanged=metrics == results['test'])
+
+
+def _write_manifest(entries: Dict[str, Any]) -> None:
+    CHECKPOINTS_DIR.mkdir(exist_ok=True)
+    tmp = MANIFEST.with_name(MANIFEST.name + '.tmp')  # atomic: other processes read it at import
+    tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + '\n')
+    os.replace(tmp, MANIFEST)
+
+
+def set_default(name: str) -> None:
+    """Make published checkpoint ``name`` its architecture's ``pretrained=True`` default."""
+    entries = published()
+    if name not in entries:
+        raise ValueError(f'{name!r} is not published; published: {", ".join(sorted(entries))}')
+    arch = entries[name]['architecture']
+    for k, e in entries.items():
+        if e['architecture'] == arch:
+            e['default'] = k == name
+    _write_manifest(entries)
+    write_cards()
 
 
 def publish(run_dir, tag: str, default: bool = False, dtype: str = 'auto') -> Dict[str, Any]:
@@ -66,7 +87,7 @@ def publish(run_dir, tag: str, default: bool = False, dtype: str = 'auto') -> Di
         shutil.rmtree(folder)
     results = dict(results, published_as=name, weights_dtype=str(store).replace('torch.', ''),
                    fp16_check=check)
-    save_pretrained(model, folder, results=results, dtype=store)
+    save_pretrained(model, folder, results=results, dtype=store, name=name)
     for f in ('recipe.yaml', 'log.jsonl'):
         shutil.copy2(run / f, folder / f)
     (folder / 'results.json').write_text(json.dumps(results, indent=2))
@@ -85,7 +106,6 @@ def publish(run_dir, tag: str, default: bool = False, dtype: str = 'auto') -> Di
         primary_metric=results['primary_metric'], test=results['test'], val=results['val'],
         default=bool(default or not any(e['architecture'] == arch and e.get('default') for e in entries.values())),
     )
-    CHECKPOINTS_DIR.mkdir(exist_ok=True)
-    MANIFEST.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + '\n')
+    _write_manifest(entries)
     write_cards()
     return entries[name]
