@@ -123,9 +123,16 @@ def params_at_metric(curve: Sequence[Tuple[float, float]], metric: float) -> Opt
     return curve[0][0]
 
 
-def metric_at_params(curve: Sequence[Tuple[float, float]], params: float) -> Optional[float]:
-    """The frontier's metric at ``params`` (linear in log-params); None outside its range."""
-    if not curve or not curve[0][0] <= params <= curve[-1][0]:
+def metric_at_params(curve: Sequence[Tuple[float, float]], params: float,
+                     max_params: Optional[float] = None) -> Optional[float]:
+    """The frontier's metric at ``params`` (linear in log-params between its points). Past the last
+    frontier point and up to ``max_params`` (the largest model evaluated) it is that point's metric:
+    the larger models did not do better. None outside that range."""
+    if not curve:
+        return None
+    if curve[-1][0] < params <= (max_params or curve[-1][0]):
+        return curve[-1][1]
+    if not curve[0][0] <= params <= curve[-1][0]:
         return None
     for (p0, m0), (p1, m1) in zip(curve, curve[1:]):
         if p0 <= params <= p1:
@@ -140,12 +147,13 @@ def efficiency_rows(groups: List[Dict[str, Any]], metric: str, higher: bool = Tr
     (external checkpoints excluded: they were trained on other data/recipes)."""
     conv = [(g['params'], g['mean']) for g in groups if not g['quadratic'] and not g.get('external')]
     curve = frontier(conv, higher)
+    max_p = max((p for p, _ in conv), default=None)
     out = []
     for g in groups:
         row = dict(g)
         if g['quadratic'] and curve:
             pc = params_at_metric(curve, g['mean'])
-            ac = metric_at_params(curve, g['params'])
+            ac = metric_at_params(curve, g['params'], max_p)
             row['conv_params_at_equal_metric'] = pc
             row['params_saved'] = None if pc is None else 1 - g['params'] / pc
             row['metric_gain_at_equal_params'] = None if ac is None else (g['mean'] - ac if higher else ac - g['mean'])
@@ -157,8 +165,8 @@ def efficiency_rows(groups: List[Dict[str, Any]], metric: str, higher: bool = Tr
                              (': better than every conventional model' if (g['mean'] > best if higher else g['mean'] < best)
                               else ': below every conventional model'))
             if ac is None:
-                notes.append(f"{g['params']:,} params is outside the conventional range "
-                             f"({curve[0][0]:,}..{curve[-1][0]:,})")
+                notes.append(f"{g['params']:,} params is outside the conventional models' range "
+                             f"({curve[0][0]:,}..{max_p:,})")
             row['note'] = '; '.join(notes)
         out.append(row)
     return out

@@ -22,7 +22,8 @@ def test_interpolation_is_linear_in_log_params():
     assert params_at_metric(curve, 85.0) == pytest.approx(1000.0)        # halfway in log10: 10^3
     assert metric_at_params(curve, 1000) == pytest.approx(85.0)
     assert params_at_metric(curve, 95.0) is None and params_at_metric(curve, 70.0) is None
-    assert metric_at_params(curve, 50) is None
+    assert metric_at_params(curve, 50) is None and metric_at_params(curve, 20_000) is None
+    assert metric_at_params(curve, 20_000, max_params=40_000) == 90.0   # larger models evaluated, none better
     assert params_at_metric([(10, 0.5), (1000, 0.1)], 0.3) == pytest.approx(100.0)  # lower-is-better curve
 
 
