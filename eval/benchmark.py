@@ -12,6 +12,9 @@ Three modes, each writing one CSV (``--results-file``):
 * ``--layer-bench``: ``QuadraticConv2d`` (forward + backward) against ``nn.Conv2d`` of the
   same shape on the CIFAR ResNet layer shapes, fused vs reference path (and the stacked
   calls under plain autograd, for comparison), as times and ratios to the convolution;
+* ``--latency-bench``: batch-1 inference latency (eval mode, ``torch.inference_mode``) of
+  the models and paths measured round by round in shuffled order, with the median per-round
+  ratio to the first model (``infer_latency_ratio``), robust to a busy machine;
 * ``--cifar-train``: training img/s of a CIFAR model with a device-resident pipeline:
   synthetic uint8 images of CIFAR's shape held on the device (``--cifar-size`` of them,
   sampled with replacement), random crop with 4-pixel zero padding + horizontal flip +
@@ -64,7 +67,7 @@ TIMM_COLUMNS = ['model', 'infer_samples_per_sec', 'infer_step_time', 'infer_batc
                 'infer_gmacs', 'param_count', 'train_samples_per_sec', 'train_step_time', 'train_batch_size',
                 'train_img_size']
 QZOO_COLUMNS = ['device', 'torch', 'neuron', 'path', 'compiled', 'dtype', 'channels_last', 'date']
-EXTRA_COLUMNS = ['bench', 'infer_latency_ms', 'params', 'macs', 'infer_peak_mem_mb', 'train_peak_mem_mb',
+EXTRA_COLUMNS = ['bench', 'infer_latency_ms', 'infer_latency_ratio', 'params', 'macs', 'infer_peak_mem_mb', 'train_peak_mem_mb',
                  'device_name', 'threads', 'malloc', 'note']
 MODEL_COLUMNS = TIMM_COLUMNS + QZOO_COLUMNS + EXTRA_COLUMNS
 
@@ -331,6 +334,51 @@ def bench_cifar_train(name: str, path: str, args, device: torch.device, dname: s
     return row
 
 
+# ---- batch-1 latency, interleaved ---------------------------------------------------------
+def bench_latency(args, device: torch.device, dname: str, log) -> List[Dict[str, object]]:
+    model_args = parse_model_args(args.model_args)
+    entries = []
+    for name in args.models:
+        probe = qzoo.create_model(name, **model_args)
+        for path in paths_for(probe, args.path):
+            model = build(name, model_args, device, args.channels_last, path).eval()
+            size = input_size(model, args.img_size)
+            x = make_input(args.batch_size, size, device, args.channels_last)
+            fwd = maybe_compile(model, args)
+
+            def infer(fwd=fwd, x=x):
+                with torch.inference_mode(), autocast(device, args.amp):
+                    return fwd(x)
+            for _ in range(max(1, args.warmup)):
+                infer()
+            macs = qzoo.count_macs(model, (1, *size))
+            entries.append(dict(common_row(args, device, dname), bench='latency', model=name, path=path,
+                                neuron=neuron_of(model), params=qzoo.count_params(model),
+                                param_count=round(qzoo.count_params(model) / 1e6, 4), macs=macs,
+                                infer_gmacs=round(macs / 1e9, 5), infer_batch_size=args.batch_size,
+                                infer_img_size=size[-1], _fn=infer))
+    sync(device)
+    per: List[List[float]] = [[] for _ in entries]
+    order = list(range(len(entries)))
+    rng = random.Random(args.seed)
+    for _ in range(max(1, args.rounds)):
+        rng.shuffle(order)
+        for i in order:
+            per[i].append(Timer('fn()', globals={'fn': entries[i]['_fn']}).blocked_autorange(
+                min_run_time=args.min_time).median)
+    rows = []
+    for e, times in zip(entries, per):
+        e.pop('_fn')
+        s = statistics.median(times)
+        ratio = statistics.median([a / b for a, b in zip(times, per[0])])
+        e.update(infer_step_time=round(1e3 * s, 3), infer_latency_ms=round(1e3 * s, 3),
+                 infer_samples_per_sec=round(args.batch_size / s, 2), infer_latency_ratio=round(ratio, 3))
+        rows.append(e)
+        log(f"{e['model']:10s} [{e['path']}] batch-{args.batch_size} latency {e['infer_latency_ms']:8.3f} ms "
+            f"({ratio:.2f}x {entries[0]['model']})")
+    return rows
+
+
 # ---- the layer table -------------------------------------------------------------------
 def bench_layers(args, device: torch.device, dname: str, log) -> List[Dict[str, object]]:
     mf = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -398,13 +446,15 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument('--layer-bench', action='store_true', help='QuadraticConv2d vs nn.Conv2d on the CIFAR ResNet shapes')
+    mode.add_argument('--latency-bench', action='store_true',
+                      help='batch-1 inference latency of the models, interleaved (ratios to the first model)')
     mode.add_argument('--cifar-train', action='store_true',
                       help='training img/s with synthetic CIFAR data and on-device augmentation')
     p.add_argument('--models', nargs='+', default=['resnet20', 'qresnet20'], help='qzoo/timm model names')
     p.add_argument('--model-args', nargs='*', default=[], metavar='KEY=VALUE', help='e.g. neuron=qres width=12')
     p.add_argument('--bench', choices=['infer', 'train', 'both'], default='both', help='model mode: what to measure')
     p.add_argument('--batch-size', type=int, default=None,
-                   help='default: 256 (models), 128 (layer bench), 512 (cifar-train)')
+                   help='default: 256 (models), 128 (layer bench), 1 (latency bench), 512 (cifar-train)')
     p.add_argument('--img-size', type=int, default=None, help="default: the model's cfg input size")
     p.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:1', or 'auto' (cuda when available)")
     p.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='autocast dtype (default: float32)')
@@ -423,7 +473,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument('--warmup', type=int, default=5, help='untimed steps first (also absorbs compilation)')
     p.add_argument('--min-time', type=float, default=None, help='seconds per measurement (default 1.0; 0.3 layers)')
     p.add_argument('--repeats', type=int, default=3, help='measurements per number (median)')
-    p.add_argument('--rounds', type=int, default=5, help='layer bench: interleaved rounds (median ratio)')
+    p.add_argument('--rounds', type=int, default=5, help='layer/latency bench: interleaved rounds (median ratio)')
     p.add_argument('--latency-calls', type=int, default=50, help='batch-1 latency: timed single calls (median)')
     p.add_argument('--results-file', default=None, help='CSV path (default results/benchmark-<mode>-<device>.csv)')
     p.add_argument('--seed', type=int, default=0)
@@ -446,17 +496,20 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
-    mode = 'layers' if args.layer_bench else 'cifar-train' if args.cifar_train else 'models'
+    mode = ('layers' if args.layer_bench else 'latency' if args.latency_bench
+            else 'cifar-train' if args.cifar_train else 'models')
     if args.batch_size is None:
-        args.batch_size = {'layers': 128, 'cifar-train': 512, 'models': 256}[mode]
+        args.batch_size = {'layers': 128, 'latency': 1, 'cifar-train': 512, 'models': 256}[mode]
     if args.min_time is None:
-        args.min_time = 0.3 if mode == 'layers' else 1.0
+        args.min_time = 0.3 if mode in ('layers', 'latency') else 1.0
     dname = device_name(device)
     log(f'# {mode} on {device} ({dname}), torch {torch.__version__}, '
         f'threads {torch.get_num_threads() if device.type == "cpu" else "-"}, batch {args.batch_size}, '
         f'{args.amp or "float32"}, channels_last={args.channels_last}, compile={args.compile}')
     if mode == 'layers':
         rows, columns = bench_layers(args, device, dname, log), LAYER_COLUMNS
+    elif mode == 'latency':
+        rows, columns = bench_latency(args, device, dname, log), MODEL_COLUMNS
     else:
         rows, columns = [], MODEL_COLUMNS
         fn = bench_cifar_train if mode == 'cifar-train' else bench_model

@@ -113,3 +113,16 @@ def test_model_args_parse():
         {'neuron': 'qres', 'width': 12, 'widths': [8, 16, 32]}
     with pytest.raises(SystemExit):
         bench.parse_model_args(['width'])
+
+
+def test_latency_bench_interleaved(tmp_path):
+    out = tmp_path / 'latency.csv'
+    bench.main(TINY[:2] + ['--latency-bench', '--models', 'resnet8', 'qresnet8', '--path', 'both', '--rounds', '2',
+                           '--min-time', '0.01', '--warmup', '1', '--results-file', str(out)])
+    _, rows = _read(out)
+    assert [(r['model'], r['path'], r['bench']) for r in rows] == [
+        ('resnet8', '-', 'latency'), ('qresnet8', 'fused', 'latency'), ('qresnet8', 'reference', 'latency')]
+    assert float(rows[0]['infer_latency_ratio']) == 1.0
+    for r in rows:
+        assert int(r['infer_batch_size']) == 1 and float(r['infer_latency_ms']) > 0
+        assert float(r['infer_latency_ratio']) > 0
