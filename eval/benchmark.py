@@ -68,13 +68,13 @@ TIMM_COLUMNS = ['model', 'infer_samples_per_sec', 'infer_step_time', 'infer_batc
                 'train_img_size']
 QZOO_COLUMNS = ['device', 'torch', 'neuron', 'path', 'compiled', 'dtype', 'channels_last', 'date']
 EXTRA_COLUMNS = ['bench', 'infer_latency_ms', 'infer_latency_ratio', 'params', 'macs', 'infer_peak_mem_mb', 'train_peak_mem_mb',
-                 'device_name', 'threads', 'malloc', 'note']
+                 'device_name', 'threads', 'malloc', 'stack', 'note']
 MODEL_COLUMNS = TIMM_COLUMNS + QZOO_COLUMNS + EXTRA_COLUMNS
 
 LAYER_COLUMNS = ['layer', 'in_channels', 'out_channels', 'img_size', 'stride', 'batch_size', 'input_grad',
                  'neuron', 'conv_ms', 'fused_ms', 'reference_ms', 'stacked_ms', 'fused_x', 'reference_x',
                  'stacked_x', 'rounds'] + QZOO_COLUMNS[:1] + ['torch', 'dtype', 'channels_last', 'date',
-                                                              'device_name', 'threads', 'malloc']
+                                                              'device_name', 'threads', 'malloc', 'stack']
 
 #: the 3x3 (padding 1) convolutions of the CIFAR ResNets: name, in, out, input size, stride
 CIFAR_LAYERS = [('stem', 3, 16, 32, 1), ('16-16', 16, 16, 32, 1), ('16-32/2', 16, 32, 32, 2),
@@ -229,7 +229,7 @@ def common_row(args, device: torch.device, dname: str) -> Dict[str, object]:
                 dtype=f'{args.amp}-amp' if args.amp else 'float32', channels_last=bool(args.channels_last),
                 date=_dt.datetime.now().isoformat(timespec='minutes'), device_name=dname,
                 threads=torch.get_num_threads() if device.type == 'cpu' else '',
-                malloc='no-trim' if args.no_malloc_trim else 'default')
+                malloc='no-trim' if args.no_malloc_trim else 'default', stack=args.stack)
 
 
 def bench_model(name: str, path: str, args, device: torch.device, dname: str, log) -> Dict[str, object]:
@@ -463,6 +463,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument('--compile-mode', default=None, help="torch.compile mode, e.g. 'max-autotune-no-cudagraphs'")
     p.add_argument('--path', choices=['fused', 'reference', 'both'], default='fused',
                    help='quadratic layer path (set_fused); conventional models have path "-"')
+    p.add_argument('--stack', choices=['auto', 'always', 'never'], default='auto',
+                   help='fused path: x terms as one call on stacked weights (always), one call each (never), '
+                        'or automatic (stacked except on CPU in channels_last)')
     p.add_argument('--layer-neuron', default='fan', help='neuron of the layer bench')
     p.add_argument('--layers', nargs='+', default=None, choices=[entry[0] for entry in CIFAR_LAYERS],
                    help='layer bench: only these shapes (default: all)')
@@ -482,6 +485,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     args = get_parser().parse_args(argv)
+    before = qzoo.layers._STACK_X_TERMS
+    try:
+        return run(args)
+    finally:
+        qzoo.layers._STACK_X_TERMS = before
+
+
+def run(args) -> List[Dict[str, object]]:
     log = lambda s: print(s, flush=True)  # noqa: E731
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -495,6 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         args.no_malloc_trim = False
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
+    qzoo.layers._STACK_X_TERMS = {'auto': None, 'always': True, 'never': False}[args.stack]
     torch.manual_seed(args.seed)
     mode = ('layers' if args.layer_bench else 'latency' if args.latency_bench
             else 'cifar-train' if args.cifar_train else 'models')
@@ -505,7 +517,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     dname = device_name(device)
     log(f'# {mode} on {device} ({dname}), torch {torch.__version__}, '
         f'threads {torch.get_num_threads() if device.type == "cpu" else "-"}, batch {args.batch_size}, '
-        f'{args.amp or "float32"}, channels_last={args.channels_last}, compile={args.compile}')
+        f'{args.amp or "float32"}, channels_last={args.channels_last}, compile={args.compile}, stack={args.stack}')
     if mode == 'layers':
         rows, columns = bench_layers(args, device, dname, log), LAYER_COLUMNS
     elif mode == 'latency':

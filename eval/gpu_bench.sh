@@ -16,7 +16,9 @@
 #   4. the same eager in NCHW (is channels_last worth it?)
 #   5. QuadraticConv2d vs nn.Conv2d per CIFAR layer shape (bf16, batch 512, channels_last)
 #   6. timm-style model table (inference, batch-1 latency, train step, peak memory), bf16
-#   7. if time is left: qresnet20 fused and resnet20 with torch.compile mode=reduce-overhead (CUDA graphs)
+#   7. stacked vs separate x-term calls in the fused path (--stack always/never): layer table and
+#      qresnet20 CIFAR training, to choose the CUDA default
+#   8. if time is left: qresnet20 fused and resnet20 with torch.compile mode=reduce-overhead (CUDA graphs)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-results/gpu}"
@@ -61,6 +63,13 @@ run layers "$PY" eval/benchmark.py --layer-bench --device "$DEVICE" --amp bf16 -
     "${LAYER_T[@]}" --results-file "$OUT/layers_${DEVICE}_bf16.csv"
 run models "$PY" eval/benchmark.py --device "$DEVICE" --amp bf16 --channels-last --batch-size "$BS" "${T[@]}" \
     "${MODEL_T[@]}" ${EXTRA[@]+"${EXTRA[@]}"} --models "${MODELS[@]}" --path both --results-file "$OUT/models_${DEVICE}_bf16.csv"
+for st in always never; do
+  run "layers_stack_$st" "$PY" eval/benchmark.py --layer-bench --device "$DEVICE" --amp bf16 --batch-size "$BS" \
+      --channels-last --stack "$st" "${LAYER_T[@]}" --results-file "$OUT/layers_${DEVICE}_bf16_stack_$st.csv"
+  run "cifar_train_stack_$st" "$PY" eval/benchmark.py --cifar-train --device "$DEVICE" --amp bf16 --batch-size "$BS" \
+      "${T[@]}" ${EXTRA[@]+"${EXTRA[@]}"} --channels-last --stack "$st" --models "${MODELS[-1]}" --path fused \
+      --results-file "$OUT/cifar_train_stack_$st.csv"
+done
 if (( SECONDS < BUDGET_S )) && [[ "$DEVICE" == cuda* ]]; then
   run cifar_train_cudagraphs "$PY" eval/benchmark.py --cifar-train --device "$DEVICE" --amp bf16 --batch-size "$BS" \
       "${T[@]}" --channels-last --compile --compile-mode reduce-overhead \

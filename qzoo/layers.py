@@ -75,6 +75,19 @@ class _Plan(NamedTuple):
     x_terms: Tuple[Tuple[str, ...], Tuple[int, ...]]   # names, channels per group (empty: no x terms)
     sq_terms: Tuple[Tuple[str, ...], Tuple[int, ...]]  # same for the terms on x*x
     rank: int = 1
+    #: x terms as one call on stacked weights (True) or one call each (False, groups == 1 only)
+    stack: bool = True
+
+    @property
+    def saved_terms(self) -> Tuple[str, ...]:
+        """Term outputs that backward needs (the factors of products and squares)."""
+        r = self.rule
+        return (r.prod or ()) + ((r.sqsum,) if r.sqsum else ())
+
+
+#: x terms stacked into one call: None = automatic (stacked, except on CPU in channels_last,
+#: where separate calls measured faster), True / False to force (for benchmarking)
+_STACK_X_TERMS: Optional[bool] = None
 
 
 def _op_forward(op: tuple, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -130,19 +143,41 @@ def _combine(plan: _Plan, t: Dict[str, Tensor], ch: int) -> Tensor:
     return out
 
 
+def _weight_parts(plan: _Plan, w: Tensor, b: Optional[Tensor], spec) -> List[Tuple[Tensor, Optional[Tensor]]]:
+    """Per-term (weight, bias) views of stacked ones (groups == 1)."""
+    sizes = list(spec[1])
+    dim = 1 if plan.op[0] == 'conv' and plan.op[4] else 0  # transposed convs: out channels in dim 1
+    bs = b.split(sizes) if b is not None else [None] * len(sizes)
+    return list(zip(w.split(sizes, dim=dim), bs))
+
+
+def _x_terms(plan: _Plan, x: Tensor, w_x: Tensor, b_x: Optional[Tensor]) -> Tuple[Dict[str, Tensor], Optional[Tensor]]:
+    """Outputs of the x terms (and their stacked output when stacked)."""
+    if plan.stack or len(plan.x_terms[0]) == 1:
+        y_x = _op_forward(plan.op, x, w_x, b_x)
+        return _split_terms(y_x, plan.x_terms, plan.op), y_x
+    parts = _weight_parts(plan, w_x, b_x, plan.x_terms)
+    return {n: _op_forward(plan.op, x, w, b) for n, (w, b) in zip(plan.x_terms[0], parts)}, None
+
+
 def _qforward(x: Tensor, w_x: Optional[Tensor], b_x: Optional[Tensor], w_sq: Optional[Tensor],
-              b_sq: Optional[Tensor], plan: _Plan) -> Tuple[Tensor, Optional[Tensor]]:
-    """The fused forward: (output, stacked output of the x terms)."""
+              b_sq: Optional[Tensor], plan: _Plan) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """The fused forward: (output, the tensors backward needs besides inputs)."""
     t: Dict[str, Tensor] = {}
     y_x = None
     if w_x is not None:
-        y_x = _op_forward(plan.op, x, w_x, b_x)
-        t.update(_split_terms(y_x, plan.x_terms, plan.op))
+        tx, y_x = _x_terms(plan, x, w_x, b_x)
+        t.update(tx)
     if w_sq is not None:
         y_sq = _op_forward(plan.op, x * x, w_sq, b_sq)
         t.update(_split_terms(y_sq, plan.sq_terms, plan.op))
     some = next(iter(t.values()))
-    return _combine(plan, t, _channel_dim(plan.op, some)), y_x
+    out = _combine(plan, t, _channel_dim(plan.op, some))
+    if not plan.saved_terms:
+        return out, ()
+    if y_x is not None:
+        return out, (y_x,)
+    return out, tuple(t[n] for n in plan.saved_terms)
 
 
 def _term_grads(plan: _Plan, go: Tensor, t: Dict[str, Tensor], ch: int) -> Dict[str, tuple]:
@@ -201,28 +236,49 @@ class _QuadraticFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_x, b_x, w_sq, b_sq, plan: _Plan):
-        out, y_x = _qforward(x, w_x, b_x, w_sq, b_sq, plan)
+        out, saved = _qforward(x, w_x, b_x, w_sq, b_sq, plan)
         ctx.plan = plan
         ctx.has_bias = (b_x is not None, b_sq is not None)
-        ctx.save_for_backward(x, w_x, b_x, w_sq, y_x if plan.rule.needs_terms else None)
+        ctx.save_for_backward(x, w_x, b_x, w_sq, *saved)
         return out
 
     @staticmethod
     def backward(ctx, go):
-        x, w_x, b_x, w_sq, y_x = ctx.saved_tensors
+        x, w_x, b_x, w_sq, *saved = ctx.saved_tensors
         plan: _Plan = ctx.plan
         need = ctx.needs_input_grad
         ch = _channel_dim(plan.op, go)
-        if y_x is not None and torch.is_grad_enabled():
-            # double backward: the saved y_x was made without autograd, so recompute it
-            # from the saved inputs to keep its dependence on x and the weights
-            y_x = _op_forward(plan.op, x, w_x, b_x)
-        t = _split_terms(y_x, plan.x_terms, plan.op) if y_x is not None else {}
+        stacked = plan.stack or len(plan.x_terms[0]) == 1
+        y_x = None
+        t: Dict[str, Tensor] = {}
+        if saved:
+            if torch.is_grad_enabled():
+                # double backward: the saved term outputs were made without autograd, so
+                # recompute them from the saved inputs to keep their dependence on x and weights
+                t, y_x = _x_terms(plan, x, w_x, b_x)
+            elif stacked:
+                y_x = saved[0]
+                t = _split_terms(y_x, plan.x_terms, plan.op)
+            else:
+                t = dict(zip(plan.saved_terms, saved))
         grads = _term_grads(plan, go, t, ch)
         gx = gw_x = gb_x = gw_sq = gb_sq = None
         if w_x is not None:
-            gy = _stacked_grad(plan, plan.x_terms, grads, y_x, ch)
-            gx, gw_x, gb_x = _op_backward(plan.op, gy, x, w_x, [need[0], need[1], need[2] and ctx.has_bias[0]])
+            mask = [need[0], need[1], need[2] and ctx.has_bias[0]]
+            if stacked:
+                gy = _stacked_grad(plan, plan.x_terms, grads, y_x, ch)
+                gx, gw_x, gb_x = _op_backward(plan.op, gy, x, w_x, mask)
+            else:  # one backward call per term, weight and bias gradients concatenated
+                gws, gbs = [], []
+                for name, (w, _) in zip(plan.x_terms[0], _weight_parts(plan, w_x, b_x, plan.x_terms)):
+                    gxi, gwi, gbi = _op_backward(plan.op, _materialize(grads[name], ch, plan.rank), x, w, mask)
+                    gws.append(gwi)
+                    gbs.append(gbi)
+                    if gxi is not None:
+                        gx = gxi if gx is None else (gx + gxi if torch.is_grad_enabled() else gx.add_(gxi))
+                dim = 1 if plan.op[0] == 'conv' and plan.op[4] else 0
+                gw_x = torch.cat(gws, dim=dim) if mask[1] else None
+                gb_x = torch.cat(gbs) if mask[2] else None
         if w_sq is not None:
             gy = _stacked_grad(plan, plan.sq_terms, grads, None, ch)
             gsq, gw_sq, gb_sq = _op_backward(plan.op, gy, x * x, w_sq, [need[0], need[3], need[4] and ctx.has_bias[1]])
@@ -352,7 +408,11 @@ class QuadraticLayer(nn.Module):
                 weight, bias, _ = self._stack(ms)
                 stacks += [weight, bias]
             specs.append((names, sizes))
-        plan = _Plan(self._rule, op, specs[0], specs[1], self._rank)
+        stack = _STACK_X_TERMS
+        if stack is None:  # separate calls measured faster on CPU in channels_last
+            stack = not (x.device.type == 'cpu' and x.dim() == 4 and not x.is_contiguous()
+                         and x.is_contiguous(memory_format=torch.channels_last))
+        plan = _Plan(self._rule, op, specs[0], specs[1], self._rank, bool(stack) or self.groups > 1)
         dev = x.device.type
         if torch.is_autocast_enabled(dev):
             # run in the autocast dtype with autocast off, so that forward and the

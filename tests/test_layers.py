@@ -366,3 +366,29 @@ def test_cuda_fused_bf16_and_cuda_graph():
     want = torch.autograd.grad(layer.forward_reference(static_x).square().sum(), list(layer.parameters()))
     for p, w in zip(layer.parameters(), want):
         torch.testing.assert_close(p.grad, w, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('case', [c for c in FUNCTION_CASES if 'groups' not in c])
+def test_unstacked_x_terms_match_reference(case, family, monkeypatch):
+    """The x terms as separate calls (automatic on CPU in channels_last; forced here)."""
+    from qzoo import layers
+    monkeypatch.setattr(layers, '_STACK_X_TERMS', False)
+    layer, x = _make(case, family)
+    y, y_ref = layer(x), layer.forward_reference(x)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, *layer.parameters()], g),
+                    torch.autograd.grad(y_ref, [x, *layer.parameters()], g)):
+        torch.testing.assert_close(a, b)
+    if case in ('conv2d', 'convT1d') and family in ('fan', 'quadralib', 'lowrank(rank=2)'):
+        f, inputs = _as_function_of_params(layer, x[:1].detach().requires_grad_())
+        assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+        assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
+
+
+def test_unstacked_compiles_fullgraph(monkeypatch):
+    from qzoo import layers
+    monkeypatch.setattr(layers, '_STACK_X_TERMS', False)
+    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1))
+    _compile_check(layer, torch.randn(2, 4, 8, 8, requires_grad=True))
