@@ -14,8 +14,10 @@ Two forward paths compute the same function:
   whole layer is one autograd Function (:class:`_QuadraticFunction`) with a
   hand-written backward: the gradient of the stacked output is written in place
   (no ``cat``), ``x*x`` is recomputed in backward instead of being saved, and
-  the input gradient is one ``addcmul``. Other families (``qres``, user-defined
-  ones) run the stacked calls under plain autograd;
+  the input gradient is one ``addcmul``. On CPU in channels_last the x terms run
+  as separate calls inside the Function (measured faster there; ``_STACK_X_TERMS``
+  forces either way). Other families (``qres``, user-defined ones) run the
+  stacked calls under plain autograd;
 * reference (``forward_reference``): one call per term, as the seed code does.
 
 :func:`set_fused` switches every quadratic layer of a model between the two.
@@ -49,11 +51,6 @@ class _Rule(NamedTuple):
     add: Tuple[str, ...] = ()
     prod: Optional[Tuple[str, str]] = None
     sqsum: Optional[str] = None  # lowrank's Q term: rank-K channels per output channel
-
-    @property
-    def needs_terms(self) -> bool:
-        """Whether backward needs term outputs (products and squares do)."""
-        return self.prod is not None or self.sqsum is not None
 
 
 _RULES: Dict[str, _Rule] = {
@@ -230,9 +227,9 @@ def _stacked_grad(plan: _Plan, spec, grads: Dict[str, tuple], like: Optional[Ten
 
 
 class _QuadraticFunction(torch.autograd.Function):
-    """A whole quadratic layer: the x terms as one stacked call, the x*x terms as another,
-    the combine rule, and a backward that saves only ``x``, the weights and (for products)
-    the stacked x-term output; ``x*x`` is recomputed."""
+    """A whole quadratic layer: the x terms as one stacked call (or one call each), the x*x
+    terms as another, the combine rule, and a backward that saves only ``x``, the weights
+    and (for products and squares) the x-term outputs; ``x*x`` is recomputed."""
 
     @staticmethod
     def forward(ctx, x, w_x, b_x, w_sq, b_sq, plan: _Plan):
