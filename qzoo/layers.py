@@ -74,12 +74,13 @@ class _Plan(NamedTuple):
     rank: int = 1
     #: x terms as one call on stacked weights (True) or one call each (False, groups == 1 only)
     stack: bool = True
+    #: term outputs that backward needs (the factors of products and squares); a plain field,
+    #: not a property, so that every torch.compile version traces it as a constant
+    saved_terms: Tuple[str, ...] = ()
 
-    @property
-    def saved_terms(self) -> Tuple[str, ...]:
-        """Term outputs that backward needs (the factors of products and squares)."""
-        r = self.rule
-        return (r.prod or ()) + ((r.sqsum,) if r.sqsum else ())
+
+def _saved_terms(rule: _Rule) -> Tuple[str, ...]:
+    return (rule.prod or ()) + ((rule.sqsum,) if rule.sqsum else ())
 
 
 #: x terms stacked into one call: None = automatic (stacked, except on CPU in channels_last,
@@ -409,7 +410,8 @@ class QuadraticLayer(nn.Module):
         if stack is None:  # separate calls measured faster on CPU in channels_last
             stack = not (x.device.type == 'cpu' and x.dim() == 4 and not x.is_contiguous()
                          and x.is_contiguous(memory_format=torch.channels_last))
-        plan = _Plan(self._rule, op, specs[0], specs[1], self._rank, bool(stack) or self.groups > 1)
+        plan = _Plan(self._rule, op, specs[0], specs[1], self._rank, bool(stack) or self.groups > 1,
+                     _saved_terms(self._rule))
         dev = x.device.type
         if torch.is_autocast_enabled(dev):
             # run in the autocast dtype with autocast off, so that forward and the
