@@ -171,3 +171,224 @@ def test_bf16_and_channels_last():
         yb = layer(x)
     assert yb.dtype == torch.bfloat16
     torch.testing.assert_close(yb.float(), ref, rtol=0.05, atol=0.1)
+
+
+# ---- the fused Function (hand-written backward) ------------------------------------------
+from torch.func import functional_call  # noqa: E402
+
+from qzoo import create_model  # noqa: E402
+from qzoo.layers import _RULES, QuadraticLayer, set_fused  # noqa: E402
+
+FUNCTION_CASES = ['linear', 'conv1d', 'conv2d', 'conv2d_groups', 'conv2d_reflect', 'convT1d', 'convT2d_groups']
+
+
+def _as_function_of_params(layer, x):
+    names = [n for n, _ in layer.named_parameters()]
+    params = tuple(p.detach().requires_grad_() for p in layer.parameters())
+
+    def f(x, *ps):
+        return functional_call(layer, dict(zip(names, ps)), (x,))
+    return f, (x, *params)
+
+
+GRADCHECK = sorted({(c, f) for c in ('linear', 'conv2d_groups') for f in FAMILIES}
+                   | {(c, f) for c in FUNCTION_CASES for f in ('fan', 'lowrank(rank=2)')})
+
+
+@pytest.mark.parametrize('case, family', GRADCHECK)
+def test_fused_gradcheck_float64(case, family):
+    layer, x = _make(case, family)
+    f, inputs = _as_function_of_params(layer, x)
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize('family', ['fan', 'lowrank(rank=2)'])
+def test_fused_gradcheck_full_jacobian(family):
+    layer = _randomize(QuadraticConv2d(2, 2, 2, stride=2, neuron=family, init='default')).double()
+    f, inputs = _as_function_of_params(layer, torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize('case, family', [('linear', 'lowrank(rank=2)'), ('conv2d', 'fan'), ('convT1d', 'quadralib')])
+def test_fused_double_backward(case, family):
+    layer, x = _make(case, family)
+    x = x[:1].detach().requires_grad_()
+    f, inputs = _as_function_of_params(layer, x)
+    assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_rule_families_use_the_function(family):
+    layer, x = _make('conv2d', family)
+    name = type(layer(x).grad_fn).__name__
+    assert (name == 'BackwardCFunction' or 'QuadraticFunction' in name) == (family.split('(')[0] in _RULES), name
+
+
+@pytest.mark.parametrize('family', ['fan', 'lowrank(rank=2)', 'qres'])
+@pytest.mark.parametrize('case', ['conv2d', 'convT2d', 'linear'])
+def test_inference_path_and_input_without_grad(case, family):
+    layer, x = _make(case, family)
+    x = x.detach()  # e.g. the stem: only weight gradients
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.forward_reference(x))
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), layer.forward_reference(x))
+    y, y_ref = layer(x), layer.forward_reference(x)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, list(layer.parameters()), g),
+                    torch.autograd.grad(y_ref, list(layer.parameters()), g)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+@pytest.mark.parametrize('kernel', [3, 4])
+def test_string_padding(padding, kernel):
+    layer = _randomize(QuadraticConv2d(3, 4, kernel, padding=padding, dilation=2 if padding == 'same' else 1,
+                                       init='default')).double()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+    y, y_ref = layer(x), layer.forward_reference(x)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, *layer.parameters()], g),
+                    torch.autograd.grad(y_ref, [x, *layer.parameters()], g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_saves_less_for_backward():
+    """The Function saves x, the weights and r|g; the reference also keeps x*x and more."""
+    layer = QuadraticConv2d(8, 8, 3, padding=1)
+    x = torch.randn(4, 8, 16, 16, requires_grad=True)
+
+    def saved_bytes(fn):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(x)
+        return sum(seen.values())
+    fused, ref = saved_bytes(layer), saved_bytes(layer.forward_reference)
+    assert fused < ref, (fused, ref)
+
+
+def test_set_fused_switches_every_layer():
+    model = create_model('qresnet8').eval()
+    x = torch.randn(2, 3, 32, 32)
+    y = model(x)
+    assert set_fused(model, False) is model
+    layers = [m for m in model.modules() if isinstance(m, QuadraticLayer)]
+    assert layers and all(not m.fused for m in layers)
+    torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
+    set_fused(model, True)
+    assert all(m.fused for m in layers)
+    assert 'set_fused' in __import__('qzoo.layers', fromlist=['__all__']).__all__
+
+
+def test_channels_last_fused_matches_reference():
+    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1, stride=2)).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 9, 9).to(memory_format=torch.channels_last).requires_grad_()
+    y, y_ref = layer(x), layer.forward_reference(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, *layer.parameters()], g),
+                    torch.autograd.grad(y_ref, [x, *layer.parameters()], g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_autocast_bf16_fused_matches_reference():
+    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1))
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y, y_ref = layer(x), layer.forward_reference(x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=0.05, atol=0.1)
+    g = torch.randn_like(y)
+    ga = torch.autograd.grad(y, [x, *layer.parameters()], g)
+    gb = torch.autograd.grad(y_ref, [x, *layer.parameters()], g)
+    for a, b in zip(ga, gb):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * b.abs().max().item())
+
+
+def _compile_check(module, x):
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(module)(x)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    compiled = torch.compile(module, backend='aot_eager', fullgraph=True)
+    y = compiled(x)
+    grads = torch.autograd.grad(y.square().sum(), list(module.parameters()))
+    y_eager = module(x)
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), list(module.parameters()))
+    torch.testing.assert_close(y, y_eager)
+    for a, b in zip(grads, grads_eager):
+        torch.testing.assert_close(a, b)
+
+
+def test_compile_fullgraph_layer():
+    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1))
+    _compile_check(layer, torch.randn(2, 4, 8, 8, requires_grad=True))
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_qresnet():
+    model = create_model('qresnet8')
+    _compile_check(model, torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_fused_bf16_and_cuda_graph():
+    dev = 'cuda'
+    layer = _randomize(QuadraticConv2d(16, 32, 3, padding=1)).to(dev)
+    x = torch.randn(8, 16, 16, 16, device=dev, requires_grad=True)
+    y, y_ref = layer(x), layer.forward_reference(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        yb = layer(x)
+    assert yb.dtype == torch.bfloat16
+    # a forward+backward captured in a CUDA graph (no host syncs in the fused path)
+    static_x = x.detach().clone().requires_grad_()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            layer.zero_grad(set_to_none=False)
+            layer(static_x).square().sum().backward()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    layer.zero_grad(set_to_none=False)
+    with torch.cuda.graph(graph):
+        layer(static_x).square().sum().backward()
+    static_x.data.copy_(torch.randn_like(static_x))
+    layer.zero_grad(set_to_none=False)
+    graph.replay()
+    want = torch.autograd.grad(layer.forward_reference(static_x).square().sum(), list(layer.parameters()))
+    for p, w in zip(layer.parameters(), want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('case', [c for c in FUNCTION_CASES if 'groups' not in c])
+def test_unstacked_x_terms_match_reference(case, family, monkeypatch):
+    """The x terms as separate calls (automatic on CPU in channels_last; forced here)."""
+    from qzoo import layers
+    monkeypatch.setattr(layers, '_STACK_X_TERMS', False)
+    layer, x = _make(case, family)
+    y, y_ref = layer(x), layer.forward_reference(x)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, [x, *layer.parameters()], g),
+                    torch.autograd.grad(y_ref, [x, *layer.parameters()], g)):
+        torch.testing.assert_close(a, b)
+    if (case, family) in (('conv2d', 'fan'), ('convT1d', 'lowrank(rank=2)'), ('linear', 'quadralib')):
+        f, inputs = _as_function_of_params(layer, x[:1].detach().requires_grad_())
+        assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+        assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
+
+
+def test_unstacked_compiles_fullgraph(monkeypatch):
+    from qzoo import layers
+    monkeypatch.setattr(layers, '_STACK_X_TERMS', False)
+    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1))
+    _compile_check(layer, torch.randn(2, 4, 8, 8, requires_grad=True))
