@@ -353,8 +353,11 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path], *, results: O
     arch = model.pretrained_cfg.get('architecture')
     if not arch:
         raise ValueError('model has no pretrained_cfg architecture: build it with qzoo.create_model')
-    model_args = {k: _jsonable(v) for k, v in getattr(model, '_model_args', {}).items()
-                  if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args')}
+    from .models._common import RUNTIME_KWARGS
+    model_args = {k: _jsonable(v) for k, v in getattr(model, '_model_args', {}).items() if k not in RUNTIME_KWARGS}
+    for k in ('num_classes', 'in_chans'):  # explicit, so every timm version rebuilds the same head and stem
+        if isinstance(getattr(model, k, None), int):
+            model_args[k] = getattr(model, k)
     meta = dict(format='pt', architecture=arch, neuron=str(getattr(model, 'neuron', 'linear')),
                 params=str(count_params(model)), model_args=json.dumps(model_args, sort_keys=True),
                 dtype=str(dtype).replace('torch.', '') if dtype else 'as trained')
@@ -363,7 +366,8 @@ def save_pretrained(model: nn.Module, directory: Union[str, Path], *, results: O
     if results:
         qz['results'] = results
     model._model_args = model_args
-    save_config_for_hf(model, str(directory / CONFIG_NAME), model_config={'qzoo': qz})
+    save_config_for_hf(model, directory / CONFIG_NAME, model_config={'qzoo': qz},  # a Path: older timm needs one
+                       model_args=model_args)
     if card:
         from .cards import model_card
         (directory / 'README.md').write_text(model_card(json.loads((directory / CONFIG_NAME).read_text()), name))

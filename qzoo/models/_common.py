@@ -2,6 +2,7 @@
 timm-style cfgs, and the builder every registered factory goes through."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -119,10 +120,22 @@ def set_traits(model: nn.Module, first_conv) -> None:
 ENTRYPOINTS: Dict[str, Any] = {}
 
 
+#: factory kwargs that do not describe the architecture
+RUNTIME_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'device', 'dtype')
+
+
 def entrypoint(fn):
-    """Mark a model factory; ``qzoo.registry`` registers it with timm on ``import qzoo``."""
-    ENTRYPOINTS[fn.__name__] = fn
-    return fn
+    """Mark a model factory; ``qzoo.registry`` registers it with timm on ``import qzoo``. The model
+    remembers the architecture kwargs it was built with (``_model_args``, as recent timm records
+    them), so ``save_pretrained`` can write them whatever timm version built it."""
+    @functools.wraps(fn)
+    def factory(pretrained: bool = False, **kwargs):
+        model = fn(pretrained=pretrained, **kwargs)
+        args = {k: v for k, v in kwargs.items() if k not in RUNTIME_KWARGS and v is not None}
+        model._model_args = dict(getattr(model, '_model_args', {}), **args)
+        return model
+    ENTRYPOINTS[fn.__name__] = factory
+    return factory
 
 
 def with_published(base: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
