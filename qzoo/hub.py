@@ -265,17 +265,17 @@ def from_pretrained(spec: Union[str, Path], cache_dir=None, **kwargs) -> nn.Modu
 
 # ---- pretrained=True through timm -------------------------------------------------------
 def pretrained_weights(variant: str, pretrained_cfg=None, overlay=None, cache_dir=None):
-    """Resolve and verify the weights for ``pretrained=True``. Returns
-    ``(state_dict, model_args, description)``."""
+    """Resolve and verify the weights for ``pretrained=True``. Returns ``(state_dict, file)``.
+    (The checkpoint's architecture arguments are applied by the model factory.)"""
     from timm.models import resolve_pretrained_cfg
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay).to_dict()
     source = cfg.get('source')
     if source == 'local-dir':           # timm.create_model('local-dir:/path')
         sd, info = resolve_spec(cfg['file'], cache_dir)
-        return sd, {}, info['file']
+        return sd, info['file']
     if source == 'hf-hub':              # timm.create_model('hf-hub:org/name')
         sd, info = resolve_spec('hf-hub:' + cfg['hf_hub_id'], cache_dir)
-        return sd, {}, info['file']
+        return sd, info['file']
     name = f"{cfg.get('architecture') or variant}.{cfg['tag']}" if cfg.get('tag') else None
     if name is None or name not in published():
         avail = [n for n in published() if n.split('.')[0] == variant]
@@ -284,18 +284,16 @@ def pretrained_weights(variant: str, pretrained_cfg=None, overlay=None, cache_di
             (f'; available: {", ".join(avail)}' if avail else '; none are published for this architecture yet') +
             '. Fix: use pretrained=False, a published name (qzoo.list_models(pretrained=True)), '
             'or qzoo.hub.from_pretrained(<folder|file|hf-hub:...|url>)')
-    file, entry = resolve_published(name, cache_dir)
+    file, _ = resolve_published(name, cache_dir)
     sd, _ = load_weights(file)
-    return sd, entry['model_args'], str(file)
+    return sd, str(file)
 
 
 def build_pretrained(builder, variant: str, kwargs: Dict[str, Any]) -> nn.Module:
     """Called by the model builder for ``pretrained=True``: load verified weights, then let
     timm adapt them (num_classes / in_chans) and load them."""
-    sd, model_args, file = pretrained_weights(variant, kwargs.get('pretrained_cfg'),
-                                              kwargs.get('pretrained_cfg_overlay'), kwargs.get('cache_dir'))
-    for k, v in model_args.items():
-        kwargs.setdefault(k, v)
+    sd, file = pretrained_weights(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'),
+                                  kwargs.get('cache_dir'))
     kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, state_dict=sd,
                                             source='qzoo')
     try:

@@ -114,3 +114,11 @@ def test_model_cards_are_fresh():
     want = zoo_cards(PUBLISHED, ROOT / 'checkpoints')
     have = (ROOT / 'MODEL_CARDS.md').read_text()
     assert have == want, 'MODEL_CARDS.md is stale: run `make cards`'
+
+
+def test_torch_hub_tagged_checkpoint_as_the_cards_show():
+    name = next(n for n, e in sorted(PUBLISHED.items()) if not e.get('default') and e['model_args'])
+    arch, tag = name.split('.', 1)
+    m = torch.hub.load(str(ROOT), arch, source='local', pretrained=True, pretrained_cfg=tag)
+    ref = hub.from_pretrained(ROOT / 'checkpoints' / PUBLISHED[name]['folder'])
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in ref.state_dict().items())

@@ -130,6 +130,10 @@ def entrypoint(fn):
     them), so ``save_pretrained`` can write them whatever timm version built it."""
     @functools.wraps(fn)
     def factory(pretrained: bool = False, **kwargs):
+        entry = _published_entry(fn.__name__, kwargs.get('pretrained_cfg'), pretrained)
+        if entry:  # '<arch>.<tag>' (or pretrained=True's default) builds that checkpoint's architecture
+            for k, v in entry['model_args'].items():
+                kwargs.setdefault(k, v)
         model = fn(pretrained=pretrained, **kwargs)
         args = {k: v for k, v in kwargs.items() if k not in RUNTIME_KWARGS and v is not None}
         model._model_args = dict(getattr(model, '_model_args', {}), **args)
@@ -160,15 +164,16 @@ def with_published(base: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     return generate_default_cfgs(cfgs)
 
 
-def _tag_model_args(variant: str, kwargs: Dict[str, Any]) -> None:
-    """``create_model('<arch>.<tag>')`` builds the published checkpoint's architecture arguments."""
-    tag = kwargs.get('pretrained_cfg')
-    if isinstance(tag, str) and tag:
-        from ..hub import published
-        entry = published().get(f'{variant}.{tag}')
-        if entry:
-            for k, v in entry['model_args'].items():
-                kwargs.setdefault(k, v)
+def _published_entry(arch: str, pretrained_cfg, pretrained: bool) -> Optional[Dict[str, Any]]:
+    """The manifest entry a factory call refers to: ``pretrained_cfg`` given as a tag (what timm
+    passes for ``'<arch>.<tag>'``), or, for ``pretrained=True`` without one, the default checkpoint."""
+    from ..hub import published
+    entries = published()
+    if isinstance(pretrained_cfg, str) and pretrained_cfg:
+        return entries.get(f'{arch}.{pretrained_cfg}')
+    if pretrained and pretrained_cfg is None:
+        return next((e for e in entries.values() if e['architecture'] == arch and e.get('default')), None)
+    return None
 
 
 def build(model_cls, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -176,7 +181,6 @@ def build(model_cls, variant: str, pretrained: bool = False, **kwargs) -> nn.Mod
     weights are resolved and SHA-256 checked by :mod:`qzoo.hub`, then timm adapts them
     (``num_classes`` / ``in_chans`` changes) and loads them."""
     from timm.models import build_model_with_cfg
-    _tag_model_args(variant, kwargs)
     if not pretrained:
         return build_model_with_cfg(model_cls, variant, False, **kwargs)
     from ..hub import build_pretrained
