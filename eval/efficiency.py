@@ -51,7 +51,7 @@ def evaluate_all(entries, device, log):
         t = time.time()
         row = validate(name, e['data_spec']['name'], 'test', e['data_spec']['args'], device=device)
         metric = e['primary_metric']
-        if abs(row[metric] - e['test'][metric]) > 1e-6:
+        if abs(row[metric] - e['test'][metric]) > 1e-3:  # rows are rounded to 4 decimals
             log(f'WARNING {name}: re-evaluated test {metric} {row[metric]} differs from the published '
                 f'{e["test"][metric]}')
         rows.append(dict(row, name=name, entry=e, external=False))
