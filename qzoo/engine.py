@@ -513,7 +513,8 @@ def train(cfg: Dict[str, Any], out_dir, resume: bool = False, smoke: bool = Fals
                 save_weights(model.state_dict(), best_path)
         rec = dict(epoch=epoch, train_loss=(loss_sum / max(1, steps_per_epoch)).item(),
                    **{f'val_{k}': v for k, v in val.items()}, lr=opt.param_groups[0]['lr'],
-                   img_s=n_seen * dist.world_size / max(train_time, 1e-9), epoch_time_s=train_time)
+                   img_s=n_seen * dist.world_size / max(train_time, 1e-9), epoch_time_s=train_time,
+                   time=time.time())  # wall clock at the end of the epoch (launch.py --fit-in reads it)
         log(rec)
         if dist.main:
             try:

@@ -5,12 +5,18 @@
         --parallel 7 --runs-dir runs/batch --pack $OUT/batch.tar.gz
     python recipes/launch.py recipes/cifar10-jpeg75/qresnet20-w16.yaml --set epochs=10 \\
         --grid quad_lr_scale=1e-4,1e-3,1e-2,1e-1 --runs-dir runs/sweep      # a validation sweep
-    python recipes/launch.py recipes/cwru/*.yaml --grid seed=0,1,2 --parallel 2
+    python recipes/launch.py recipes/cwru/[!_]*.yaml --grid seed=0,1,2 --parallel 2
 
 Each run is `recipes/train.py --config C --out <runs-dir>/<name>[-<grid>]` in its own process
 (stdout/stderr in <run>/train.out). summary.json lists every run's overrides, validation and
 test metrics, params, MACs, wall time, mean img/s and exit status; with --pack, the run folders
 (without resume checkpoints) and the summary are packed into one .tar.gz.
+
+--fit-in S (all runs side by side, one shared epoch count): once every run has logged two epochs,
+the batch's finish is projected from the measured epoch times under the real contention (runs
+that finish early free the device for the rest: see _batch_time); if it
+would end later than S seconds after the launch, every run is stopped and restarted with the
+largest shared epoch count that fits (once; summary.json's "fit" says what was measured and done).
 """
 import argparse
 import itertools
@@ -21,8 +27,6 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,6 +81,78 @@ def _summarise(run):
     return rec
 
 
+def _epoch_times(run):
+    """Wall-clock times at which the run's logged epochs ended (the log's "time" field)."""
+    try:
+        text = (Path(run['out']) / 'log.jsonl').read_text()
+    except FileNotFoundError:
+        return []
+    times = []
+    for line in text.splitlines():
+        try:
+            times.append(json.loads(line)['time'])
+        except (ValueError, KeyError):
+            break  # a line being written
+    return times
+
+
+SHARE_ALPHA = 0.5  # see _batch_time
+
+
+def _batch_time(remaining, epoch_s, alpha=SHARE_ALPHA):
+    """Seconds until every run has done its ``remaining`` epochs, given each run's epoch time
+    ``epoch_s`` measured while all of them shared the device. As runs finish, the others speed up
+    by (N / n) ** alpha with n runs left of N: alpha = 1 is perfect sharing of a saturated device,
+    0 no speed-up at all. Seven CIFAR ResNets on one H100 (2026-11-27, runs/conventional) ran as
+    alpha ~ 0.8; 0.5 keeps a margin."""
+    rem = {k: float(v) for k, v in remaining.items() if v > 0}
+    N, t = len(epoch_s), 0.0
+    while rem:
+        speed = (N / len(rem)) ** alpha
+        dt = min(rem[k] * epoch_s[k] / speed for k in rem)
+        t += dt
+        for k in list(rem):
+            rem[k] -= dt * speed / epoch_s[k]
+            if rem[k] <= 1e-9:
+                del rem[k]
+    return t
+
+
+def _check_fit(fit, active, started, t0):
+    """Once every active run has logged two epochs: project the batch's end from the runs' epoch times.
+    Returns the epoch count to restart with when it would overrun fit['budget_s'], else None."""
+    times = {r['name']: _epoch_times(r) for r, _, _ in active}
+    if any(len(t) < 2 for t in times.values()):
+        return None  # not measured yet
+    now, E = time.time(), fit['requested_epochs']
+    per_epoch, overhead = {}, {}
+    for name, t in times.items():
+        per_epoch[name] = (t[-1] - t[0]) / (len(t) - 1)  # epoch 0 excluded: start-up, cudnn autotuning
+        overhead[name] = max(0.0, t[0] - started[name] - per_epoch[name])
+    # the remaining epochs, plus one epoch's time for the final test evaluation and saving
+    left = _batch_time({k: E - len(t) + 1 for k, t in times.items()}, per_epoch)
+    fit.update(measured_at_s=now - t0, epoch_s={k: round(v, 3) for k, v in per_epoch.items()},
+               startup_s={k: round(v, 2) for k, v in overhead.items()}, share_alpha=SHARE_ALPHA,
+               projected_s=now - t0 + left)
+    if fit['projected_s'] <= fit['budget_s']:
+        fit['epochs'] = E
+        return None
+    # a restart pays the start-up again (overhead: what epoch 0 took beyond an epoch), then n epochs and the
+    # final evaluation: the largest n that fits
+    room = t0 + fit['budget_s'] - now - max(overhead.values())
+    new = 0
+    while new < E and _batch_time({k: new + 2 for k in per_epoch}, per_epoch) <= room:
+        new += 1  # new + 1 epochs (+ the final evaluation) fit
+    if new < 1:
+        raise SystemExit(f'--fit-in: even one epoch of every run does not fit in {fit["budget_s"]:.0f}s '
+                         f'(slowest epoch {max(per_epoch.values()):.1f}s); run fewer models side by side')
+    if new >= E:  # the overrun is within the projection's slack: carry on
+        fit['epochs'] = E
+        return None
+    fit.update(refit=True, epochs=new)
+    return new
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('configs', nargs='+')
@@ -87,24 +163,51 @@ def main(argv=None) -> int:
     ap.add_argument('--pack', help='write the runs + summary into this .tar.gz')
     ap.add_argument('--smoke', action='store_true', help='pass --smoke to every run')
     ap.add_argument('--timeout', type=float, default=None, help='seconds before unfinished runs are stopped')
+    ap.add_argument('--fit-in', type=float, default=None, metavar='S',
+                    help='measure, then cut the shared epoch count so that the batch ends within S seconds')
     a = ap.parse_args(argv)
     runs = plan(a.configs, a.set, a.grid, a.runs_dir)
+    fit = None
+    if a.fit_in:
+        epochs = {load_recipe(r['config'], r['overrides'])['epochs'] for r in runs}
+        if len(epochs) != 1 or a.parallel < len(runs):
+            raise SystemExit('--fit-in needs every run side by side (--parallel >= number of runs) and one shared '
+                             f'epoch count (got epochs {sorted(epochs)}, {len(runs)} runs, --parallel {a.parallel})')
+        fit = dict(budget_s=a.fit_in, requested_epochs=epochs.pop(), refit=False)
     Path(a.runs_dir).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
     if a.parallel > 1:
         env.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // a.parallel)))
     t0 = time.time()
     pending, active = list(runs), []
+    started = {}  # run name -> wall-clock start of its process
     while pending or active:
         while pending and len(active) < a.parallel:
             r = pending.pop(0)
             Path(r['out']).mkdir(parents=True, exist_ok=True)
+            started[r['name']] = time.time()
             cmd = [sys.executable, str(ROOT / 'recipes' / 'train.py'), '--config', r['config'], '--out', r['out'],
                    '--no-progress'] + (['--smoke'] if a.smoke else []) + r['overrides']
             fh = open(Path(r['out']) / 'train.out', 'w')
             active.append((r, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), fh))
             print(f'[{time.time() - t0:7.1f}s] start {r["name"]}', flush=True)
         time.sleep(0.5)
+        if fit is not None and not fit['refit'] and 'projected_s' not in fit and not pending:
+            new_epochs = _check_fit(fit, active, started, t0)
+            if new_epochs is not None:
+                for r, p, fh in active:
+                    p.kill()
+                    p.wait()
+                    fh.close()
+                    for f in ('log.jsonl', 'last.ckpt', 'best.safetensors'):
+                        (Path(r['out']) / f).unlink(missing_ok=True)
+                    r['overrides'] = r['overrides'] + [f'epochs={new_epochs}']
+                    pending.append(r)
+                active = []
+                print(f'[{time.time() - t0:7.1f}s] --fit-in: restarting every run with epochs={new_epochs} '
+                      f'(projected {fit["projected_s"]:.0f}s for {fit["requested_epochs"]} epochs > '
+                      f'{fit["budget_s"]:.0f}s)', flush=True)
+                continue
         for item in list(active):
             r, p, fh = item
             if a.timeout and time.time() - t0 > a.timeout and p.poll() is None:
@@ -115,6 +218,8 @@ def main(argv=None) -> int:
                 active.remove(item)
                 print(f'[{time.time() - t0:7.1f}s] done  {r["name"]} (exit {p.returncode})', flush=True)
     summary = dict(total_wall_s=time.time() - t0, parallel=a.parallel, runs=[_summarise(r) for r in runs])
+    if fit is not None:
+        summary['fit'] = fit
     (Path(a.runs_dir) / 'summary.json').write_text(json.dumps(summary, indent=2))
     for r in summary['runs']:
         v, t = r.get('val') or {}, r.get('test') or {}
