@@ -518,6 +518,7 @@ def run(args) -> List[Dict[str, object]]:
     log(f'# {mode} on {device} ({dname}), torch {torch.__version__}, '
         f'threads {torch.get_num_threads() if device.type == "cpu" else "-"}, batch {args.batch_size}, '
         f'{args.amp or "float32"}, channels_last={args.channels_last}, compile={args.compile}, stack={args.stack}')
+    out = Path(args.results_file or ROOT / 'results' / f'benchmark-{mode}-{device.type}.csv')
     if mode == 'layers':
         rows, columns = bench_layers(args, device, dname, log), LAYER_COLUMNS
     elif mode == 'latency':
@@ -529,9 +530,9 @@ def run(args) -> List[Dict[str, object]]:
             probe = qzoo.create_model(name, **parse_model_args(args.model_args))
             for path in paths_for(probe, args.path):
                 rows.append(fn(name, path, args, device, dname, log))
+                write_csv(out, rows, columns)  # after every row: a run stopped early keeps what it measured
                 if args.compile:
                     torch._dynamo.reset()
-    out = Path(args.results_file or ROOT / 'results' / f'benchmark-{mode}-{device.type}.csv')
     write_csv(out, rows, columns)
     log(f'wrote {out}')
     return rows
