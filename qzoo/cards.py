@@ -48,6 +48,11 @@ def _metrics_lines(res: Dict[str, Any]) -> List[str]:
         if m:
             lines.append(f"- **{split}** ({res.get('dataset', '?')}, split `{split}`): " +
                          ', '.join(f'{k} {_fmt(v)}' for k, v in m.items()))
+    tr = res.get('at_training')
+    if tr:
+        lines[-len(lines):] = [l + f" ({res.get('metrics_from', '')})" for l in lines]
+        lines.append(f"- **at training** (evaluated on {tr.get('device', '?')} at the end of the run): " + '; '.join(
+            f'{split} ' + ', '.join(f'{k} {_fmt(v)}' for k, v in (tr.get(split) or {}).items()) for split in ('val', 'test')))
     return lines
 
 
@@ -68,16 +73,23 @@ def _body(config: Dict[str, Any], name: str, heading: bool = True) -> str:
                   if isinstance(res.get('macs'), int) else f"- **MACs**: {res.get('macs', '?')}",
                   f"- **checkpoint selection**: {res.get('selection', '?')} (selected epoch {res.get('selected_epoch', '?')} "
                   f"of {res.get('epochs', '?')}); the test split was used once, for the numbers below",
-                  f"- **seed**: {res.get('seed', '?')}; **recipe**: `{res.get('recipe', '?')}` "
-                  f"(sha256 `{str(res.get('recipe_sha256', '?'))[:16]}…`)",
+                  f"- **seed**: {res.get('seed', '?')}; **recipe**: `{res.get('recipe', '?')}`"
+                  + (' with `' + ' '.join(res['recipe_overrides']) + '`' if res.get('recipe_overrides') else '')
+                  + f" (resolved recipe sha256 `{str(res.get('recipe_sha256', '?'))[:16]}…`, in `recipe.yaml`)",
                   f"- **training**: {_duration(res.get('wall_time_s'))} on {res.get('device', '?')}, "
                   f"torch {res.get('torch', '?')}"]
         lines += _metrics_lines(res)
     dtype = str(qz.get('weights_dtype', '?')).replace('torch.', '')
     fp16 = res.get('fp16_check') or {}
     if fp16:
-        dtype += (f" (float16 leaves the test {fp16['metric']} unchanged: {_fmt(fp16['fp16'])})" if fp16.get('unchanged')
-                  else f" (float16 would change the test {fp16['metric']}: {_fmt(fp16['fp32'])} -> {_fmt(fp16['fp16'])})")
+        m, a, b = fp16['metric'], _fmt(fp16['fp32']), _fmt(fp16['fp16'])
+        if fp16.get('unchanged'):
+            dtype += f' (float16 leaves the test {m} unchanged: {b})'
+        elif dtype == 'float16':
+            dtype += (f" (float16 moves the test {m} {a} -> {b}, within the {fp16.get('tolerance')}-point tolerance; "
+                      f"the val/test numbers above are those of the float16 weights)")
+        else:
+            dtype += f' (float16 would change the test {m}: {a} -> {b})'
     lines += [f"- **weights**: `model.safetensors`, sha256 `{qz.get('sha256', '?')}`, stored as {dtype}",
               f"- **input**: {pc.get('input_size')}, mean {pc.get('mean')}, std {pc.get('std')}",
               f"- **license**: {pc.get('license', '?')}",

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -30,18 +30,36 @@ def write_cards() -> Path:
     return CARDS
 
 
-def _fp16_unchanged(run: Path, results: Dict[str, Any]) -> Dict[str, Any]:
+FP16_TOLERANCE = 0.1  # points of the primary test metric that storing float16 may cost
+
+
+def _evaluate_here(run: Path, results: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{'float32'|'float16': {'val'|'test': metrics}}: the run's weights as trained and rounded to
+    float16, evaluated here (float32 compute, this machine), on the run's dataset."""
     from .evaluation import evaluate_on
     spec = results['data_spec']
-    model = from_pretrained(run)
-    with torch.no_grad():
-        for t in model.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(t.half().float())
-    metrics, _ = evaluate_on(model, spec['name'], 'test', spec['args'])
+    out = {}
+    for dtype in ('float32', 'float16'):
+        model = from_pretrained(run).eval()
+        if dtype == 'float16':
+            with torch.no_grad():
+                for t in model.state_dict().values():
+                    if t.is_floating_point():
+                        t.copy_(t.half().float())
+        out[dtype] = {split: evaluate_on(model, spec['name'], split, spec['args'])[0] for split in ('val', 'test')}
+    return out
+
+
+def _choose_storage(results: Dict[str, Any], here, dtype: str):
+    """The storage dtype and the fp16 check recorded with it. 'auto': float16 when the float16-rounded weights
+    keep the primary test metric within FP16_TOLERANCE points of the float32 weights (both evaluated here)."""
     key = results['primary_metric']
-    return dict(metric=key, fp32=results['test'][key], fp16=metrics[key],
-                unchanged=metrics == results['test'])
+    f32, f16 = here['float32']['test'][key], here['float16']['test'][key]
+    check = dict(metric=key, fp32=f32, fp16=f16, unchanged=here['float16'] == here['float32'],
+                 tolerance=FP16_TOLERANCE)
+    if dtype == 'auto':
+        dtype = 'float16' if abs(f16 - f32) <= FP16_TOLERANCE else 'float32'
+    return dtype, check
 
 
 def _write_manifest(entries: Dict[str, Any]) -> None:
@@ -64,9 +82,27 @@ def set_default(name: str) -> None:
     write_cards()
 
 
+def _recipe_overrides(run: Path, results: Dict[str, Any]) -> List[str]:
+    """``key=value`` for every recipe key whose value in the run (its resolved recipe.yaml) differs from
+    what the recipe file named in results.json gives today: the overrides the run was started with."""
+    import yaml
+
+    from .engine import load_recipe
+    path = Path(results.get('recipe') or '')
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    if not results.get('recipe') or not path.is_file() or not (run / 'recipe.yaml').is_file():
+        return []
+    ran, now = yaml.safe_load((run / 'recipe.yaml').read_text()), load_recipe(path)
+    return [f'{k}={json.dumps(ran.get(k), separators=(",", ":"))}' for k in sorted(set(ran) | set(now))
+            if ran.get(k) != now.get(k) and (ran.get(k) or now.get(k))]  # None and {} alike
+
+
 def publish(run_dir, tag: str, default: bool = False, dtype: str = 'auto') -> Dict[str, Any]:
     """Copy run folder ``run_dir`` into ``checkpoints/<arch>.<tag>/`` and register it.
-    ``dtype``: 'auto' (float16 if the test metrics are unchanged), 'float16' or 'float32'."""
+    ``dtype``: 'auto' (float16 if it moves the primary test metric by at most FP16_TOLERANCE points),
+    'float16' or 'float32'. The val/test metrics published are those of the stored weights evaluated here;
+    where they differ from training's (another device, float16 rounding), training's stay in ``at_training``."""
     run = Path(run_dir)
     results = json.loads((run / 'results.json').read_text())
     if results.get('smoke'):
@@ -75,18 +111,21 @@ def publish(run_dir, tag: str, default: bool = False, dtype: str = 'auto') -> Di
         raise ValueError(f'tag {tag!r}: use letters, digits, ".", "_" and "-"')
     arch = results['model']
     name = f'{arch}.{tag}'
-    check = None
-    if dtype == 'auto':
-        check = _fp16_unchanged(run, results)
-        store = torch.float16 if check['unchanged'] else torch.float32
-    else:
-        store = {'float16': torch.float16, 'float32': torch.float32}[dtype]
+    here = _evaluate_here(run, results)
+    dtype, check = _choose_storage(results, here, dtype)
+    store = {'float16': torch.float16, 'float32': torch.float32}[dtype]
     model = from_pretrained(run)
     folder = CHECKPOINTS_DIR / name
     if folder.exists():
         shutil.rmtree(folder)
-    results = dict(results, published_as=name, weights_dtype=str(store).replace('torch.', ''),
-                   fp16_check=check)
+    results = dict(results, published_as=name, weights_dtype=dtype, fp16_check=check,
+                   recipe_overrides=_recipe_overrides(run, results))
+    mine = here[dtype]
+    if (mine['val'], mine['test']) != (results['val'], results['test']):
+        # what a user re-evaluating the published file gets: the card's numbers; those of training kept beside
+        results['at_training'] = dict(val=results['val'], test=results['test'], device=results['device'])
+        results.update(val=mine['val'], test=mine['test'],
+                       metrics_from=f'the published {dtype} weights, evaluated in float32 on the CPU when published')
     save_pretrained(model, folder, results=results, dtype=store, name=name)
     for f in ('recipe.yaml', 'log.jsonl'):
         shutil.copy2(run / f, folder / f)
