@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -29,8 +30,9 @@ from qzoo.engine import Metrics  # noqa: E402
 from qzoo.evaluation import efficiency_rows, external_available, validate  # noqa: E402
 from qzoo.hub import published  # noqa: E402
 
-# the external checkpoints worth comparing on each dataset (weights trained elsewhere)
+# the external checkpoints worth comparing on each dataset (weights trained elsewhere), and how to load it
 EXTERNAL_FOR = {'cifar10-jpeg75': [n for n, e in external.EXTERNAL.items() if e.num_classes == 10]}
+EXTERNAL_DATA = {'cifar10-jpeg75': dict(spec={'name': 'cifar10-jpeg75', 'args': {}}, task='classification')}
 
 CSV_COLUMNS = ['dataset', 'model', 'group', 'family', 'neuron', 'params', 'macs', 'metric', 'mean', 'std', 'n_seeds',
                'secondary', 'secondary_mean', 'secondary_std', 'conv_params_at_equal_metric', 'params_saved',
@@ -94,6 +96,13 @@ def group_rows(rows, metric, secondary):
     return sorted(out, key=lambda g: (g['family'], g['params']))
 
 
+def _label(group: str) -> str:
+    """'resnet20.w8-cifar10-jpeg75-e40' -> 'resnet20 w8'; 'resnet20.cifar10-jpeg75-e40' -> 'resnet20'."""
+    arch, _, tag = group.partition('.')
+    variant = tag.split('-')[0]
+    return f'{arch} {variant}' if re.fullmatch(r'[a-z]\d+', variant) else arch
+
+
 def plot(dataset, groups, metric, higher, path):
     import matplotlib
     matplotlib.use('Agg')
@@ -111,7 +120,7 @@ def plot(dataset, groups, metric, higher, path):
             curve = frontier([(g['params'], g['mean']) for g in gs], higher)
             ax.plot([p for p, _ in curve], [m for _, m in curve], '-', color=color, alpha=0.5)
         for g in gs:
-            ax.annotate(g['group'].split('.')[0] if fam != 'external' else g['group'], (g['params'], g['mean']),
+            ax.annotate(_label(g['group']) if fam != 'external' else g['group'], (g['params'], g['mean']),
                         textcoords='offset points', xytext=(4, 4), fontsize=7, color=color)
     ax.set_xscale('log')
     ax.set_xlabel('parameters (log scale)')
@@ -132,10 +141,16 @@ def markdown(tables):
            'linear interpolation); *gain* = a_Q − a_C(p_Q). External checkpoints were trained on other data '
            '(e.g. the original CIFAR-10) and are not part of the curve.', '']
     for dataset, (metric, groups) in tables.items():
-        out += [f'## {dataset} (test {metric})', '',
-                '| model | family | neuron | params | MACs | ' + f'{metric} | seeds | ' +
-                'params saved at equal metric | gain at equal params | note |',
-                '|---|---|---|---:|---:|---:|---:|---:|---:|---|']
+        out += [f'## {dataset} (test {metric})', '']
+        if all(g['external'] for g in groups):
+            out += ['No qzoo checkpoint is published on this dataset yet (the CIFAR trainings need a GPU: '
+                    'see README, "GPU work"); the external conventional checkpoints available offline, '
+                    'evaluated here, are the reference they will be compared with.', '']
+        elif not any(g['family'] == 'quadratic' for g in groups):
+            out += ['No quadratic checkpoint is published on this dataset yet (see README, "GPU work"): the '
+                    'conventional curve below is what they will be compared with.', '']
+        out += [f'| model | family | neuron | params | MACs | {metric} | seeds | params saved at equal metric | '
+                'gain at equal params | note |', '|---|---|---|---:|---:|---:|---:|---:|---:|---|']
         for g in groups:
             m = f"{g['mean']:.2f} ± {g['std']:.2f}" if g['n_seeds'] > 1 else f"{g['mean']:.4g}"
             if g.get('secondary_mean') is not None:
@@ -170,13 +185,19 @@ def main(argv=None) -> int:
     for name, e in published().items():
         by_dataset[e['dataset']][name] = e
     tables, all_groups = {}, []
-    for dataset, entries in sorted(by_dataset.items()):
+    for dataset in sorted(set(by_dataset) | set(EXTERNAL_DATA)):
         if a.dataset and dataset not in a.dataset:
             continue
-        first = next(iter(entries.values()))
+        entries = by_dataset.get(dataset, {})
+        first = next(iter(entries.values())) if entries else dict(data_spec=EXTERNAL_DATA[dataset]['spec'],
+                                                                  task=EXTERNAL_DATA[dataset]['task'])
         metric, higher = Metrics.primary(first['task'])
         secondary = {'top1': 'macro_f1', 'iou': 'dice'}.get(metric) if dataset != 'cifar10-jpeg75' else None
         rows = evaluate_all(entries, a.device, log) + evaluate_external(dataset, first['data_spec'], a.device, log, mirrors)
+        if not rows:
+            continue
+        if not entries:
+            log(f'{dataset}: no qzoo checkpoint is published on it yet; external checkpoints only')
         groups = efficiency_rows(group_rows(rows, metric, secondary), metric, higher)
         tables[dataset] = (metric, groups)
         all_groups += groups
