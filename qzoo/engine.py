@@ -125,6 +125,30 @@ def _read_yaml(path: Path) -> Dict:
     return data
 
 
+_INT_KEYS = ('epochs', 'batch_size', 'eval_batch_size', 'seed', 'nan_check_every')
+_FLOAT_KEYS = ('lr', 'momentum', 'weight_decay', 'quad_lr_scale', 'quad_weight_decay', 'warmup_epochs', 'min_lr_ratio',
+               'label_smoothing', 'grad_clip')
+_NULLABLE = ('quad_weight_decay', 'grad_clip')
+
+
+def _number(key: str, v):
+    """A numeric recipe value; YAML reads '1e-4' (no dot) as a string, so numeric strings are converted."""
+    if v is None and key in _NULLABLE:
+        return None
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise RecipeError(f'{key} must be a number, got {v!r}')
+    if key in _INT_KEYS:
+        if v != int(v):
+            raise RecipeError(f'{key} must be a whole number, got {v!r}')
+        return int(v)
+    return v
+
+
 def load_recipe(path=None, overrides: Sequence[str] = (), **values) -> Dict[str, Any]:
     """Defaults <- YAML file (with ``base:`` inheritance) <- ``values`` <- ``key=value`` overrides."""
     cfg = copy.deepcopy(DEFAULTS)
@@ -141,6 +165,8 @@ def load_recipe(path=None, overrides: Sequence[str] = (), **values) -> Dict[str,
     for key in ('model', 'data'):
         if not cfg[key]:
             raise RecipeError(f'recipe needs {key!r}')
+    for key in _INT_KEYS + _FLOAT_KEYS:
+        cfg[key] = _number(key, cfg[key])
     if cfg['select'] not in ('best_val', 'last'):
         raise RecipeError(f"select must be 'best_val' or 'last', got {cfg['select']!r}")
     if cfg['optimizer'] not in ('sgd', 'adamw'):

@@ -161,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument('--parallel', type=int, default=1)
     ap.add_argument('--runs-dir', default='runs/launch')
     ap.add_argument('--pack', help='write the runs + summary into this .tar.gz')
+    ap.add_argument('--pack-without-weights', action='store_true',
+                    help='leave model.safetensors out of the pack (sweeps: only their metrics are wanted)')
     ap.add_argument('--smoke', action='store_true', help='pass --smoke to every run')
     ap.add_argument('--timeout', type=float, default=None, help='seconds before unfinished runs are stopped')
     ap.add_argument('--fit-in', type=float, default=None, metavar='S',
@@ -231,7 +233,8 @@ def main(argv=None) -> int:
             tar.add(Path(a.runs_dir) / 'summary.json', arcname='summary.json')
             for r in runs:
                 for f in Path(r['out']).iterdir():
-                    if f.is_file() and f.suffix not in ('.ckpt', '.tmp') and f.name != 'best.safetensors':
+                    skip = {'best.safetensors'} | ({'model.safetensors'} if a.pack_without_weights else set())
+                    if f.is_file() and f.suffix not in ('.ckpt', '.tmp') and f.name not in skip:
                         tar.add(f, arcname=f'{r["name"]}/{f.name}')
     return 0 if all(r.get('returncode') == 0 for r in summary['runs']) else 1
 

@@ -84,6 +84,20 @@ def test_recipe_errors():
     assert cfg['model_args']['hidden'] == [4, 4] and cfg['lr'] == 0.3
 
 
+def test_recipe_numbers_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string: a launch.py --grid quad_lr_scale=1e-4,... once crashed in the optimizer
+    cfg = load_recipe(None, ['quad_lr_scale=1e-4', 'epochs=3.0', 'grad_clip=null'], **SYN)
+    assert cfg['quad_lr_scale'] == 1e-4 and isinstance(cfg['quad_lr_scale'], float)
+    assert cfg['epochs'] == 3 and isinstance(cfg['epochs'], int) and cfg['grad_clip'] is None
+    f = tmp_path / 'r.yaml'
+    f.write_text('model: qmlp\ndata: synthetic\nlr: 1e-2\nweight_decay: 5E-4\n')
+    assert load_recipe(f)['lr'] == 0.01 and load_recipe(f)['weight_decay'] == 5e-4
+    for bad, match in (['lr=fast'], 'lr must be a number'), (['epochs=2.5'], 'whole number'), \
+                      (['seed=true'], 'seed must be a number'), (['lr=nan'], 'lr must be a number'):
+        with pytest.raises(RecipeError, match=match):
+            load_recipe(None, bad, **SYN)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

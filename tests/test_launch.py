@@ -76,11 +76,12 @@ def test_fit_in_needs_all_runs_side_by_side(tmp_path):
         launch.main([CIRCLES, MOONS, '--parallel', '1', '--fit-in', '60', '--runs-dir', str(tmp_path)])
 
 
-def test_launch_runs_side_by_side_summarises_and_packs(tmp_path, monkeypatch):
+@pytest.mark.parametrize('weights', [True, False])
+def test_launch_runs_side_by_side_summarises_and_packs(tmp_path, monkeypatch, weights):
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     pack = tmp_path / 'out' / 'batch.tar.gz'
     rc = launch.main([CIRCLES, MOONS, '--set', 'epochs=3', '--parallel', '2', '--runs-dir', str(tmp_path / 'runs'),
-                      '--pack', str(pack), '--fit-in', '600'])
+                      '--pack', str(pack), '--fit-in', '600'] + ([] if weights else ['--pack-without-weights']))
     assert rc == 0
     s = json.loads((tmp_path / 'runs' / 'summary.json').read_text())
     assert [r['name'] for r in s['runs']] == ['synthetic-circles-d2-s0', 'synthetic-moons-d2-s0']
@@ -91,7 +92,8 @@ def test_launch_runs_side_by_side_summarises_and_packs(tmp_path, monkeypatch):
     assert s['fit']['epochs'] == 3 and not s['fit']['refit'] and s['fit']['projected_s'] <= 600
     with tarfile.open(pack) as tar:
         names = set(tar.getnames())
-    assert 'summary.json' in names and 'synthetic-moons-d2-s0/model.safetensors' in names
+    assert 'summary.json' in names and 'synthetic-moons-d2-s0/results.json' in names
+    assert ('synthetic-moons-d2-s0/model.safetensors' in names) == weights
     assert not any(n.endswith(('.ckpt', 'best.safetensors')) for n in names)
 
 

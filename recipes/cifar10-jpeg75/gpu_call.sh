@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One whole device call: a CIFAR training batch fitted to the call's time, then the GPU speed
-# measurements with what time is left. Everything lands in $OUT (at most 8 files).
+# measurements with what time is left. Everything lands in $OUT: the batch's run packs and logs.tar.gz
+# (the session log, benchmark CSVs and logs, the CUDA test log).
 #
 #   PYTHONPATH=. bash recipes/cifar10-jpeg75/gpu_call.sh <batch> <seconds the call may take>
 #
 #   1. decode cifar10-jpeg75 once into the cache (the runs then share it)
-#   2. gpu_batch.sh <batch> with launch.py --fit-in: every run side by side; after two epochs the
-#      batch's end is projected and, if it would overrun, the shared epoch count is cut (summary.json)
+#   2. gpu_batch.sh <batch> with QZOO_DEADLINE, so each launch gets --fit-in: every run side by side; after
+#      two epochs the batch's end is projected and, if it would overrun, the shared epoch count is cut
+#      (summary.json); an *-auto batch gives its validation sweep 30% of the time
 #   3. CUDA correctness checks of the fused quadratic layers (pytest)
 #   4. eval/benchmark.py --cifar-train, eager: resnet20, resnet56, qresnet20 (reference and fused)
 #   5. the same compiled (resnet20, qresnet20, resnet56, in that order; each row saved as it is
@@ -27,9 +29,9 @@ log() { echo "[$(date +%T) ${SECONDS}s] $*" | tee -a "$OUT/session.log"; }
 log "decode cifar10-jpeg75 into $QZOO_CACHE"
 python -c "from qzoo.data import load_dataset; d = load_dataset('cifar10-jpeg75'); print(d.name, len(d.train.x), len(d.val.x), len(d.test.x))" \
   2>&1 | tee -a "$OUT/session.log"
-fit=$(( budget - RESERVE_S - SECONDS ))
-log "training batch '$batch', --fit-in $fit"
-bash recipes/cifar10-jpeg75/gpu_batch.sh "$batch" --fit-in "$fit" 2>&1 | tee -a "$OUT/session.log"
+QZOO_DEADLINE=$(( $(date +%s) + budget - RESERVE_S - SECONDS )); export QZOO_DEADLINE
+log "training batch '$batch', fitted to end by $(date -d @"$QZOO_DEADLINE" +%T)"
+bash recipes/cifar10-jpeg75/gpu_batch.sh "$batch" 2>&1 | tee -a "$OUT/session.log"
 log "training done (exit ${PIPESTATUS[0]})"
 
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -54,4 +56,5 @@ else
   log "skipped the compiled bench ($(( budget - SECONDS ))s left < ${COMPILE_S}s)"
 fi
 grep -h "img/s" "$OUT/bench.log" | tee -a "$OUT/session.log"
-log "done"
+log "done; the logs and CSVs packed into logs.tar.gz (a device call returns at most 8 files)"
+( cd "$OUT" && small=$(ls | grep -v '\.tar\.gz$') && tar czf logs.tar.gz $small && rm -f $small )
