@@ -84,3 +84,16 @@ def test_smoke_runs_and_bad_tags_are_refused(zoo, run, tmp_path):
     with pytest.raises(ValueError, match='smoke'):
         pub.publish(smoke, 'x')
     assert not zoo.exists() or not any(zoo.iterdir())
+
+
+def test_defaults_survive_republishing(zoo, run):
+    pub.publish(run, 'h4-a-s0')
+    pub.publish(run, 'h4-b-s0')
+    defaults = lambda: {n for n, e in hub.published().items() if e['default']}  # noqa: E731
+    assert defaults() == {'qmlp.h4-a-s0'}  # the first of an architecture becomes its default
+    pub.publish(run, 'h4-a-s0')  # republished: stays the default
+    assert defaults() == {'qmlp.h4-a-s0'}
+    pub.publish(run, 'h4-b-s0', default=True)
+    assert defaults() == {'qmlp.h4-b-s0'}
+    pub.set_default('qmlp.h4-a-s0')
+    assert defaults() == {'qmlp.h4-a-s0'}
