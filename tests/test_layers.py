@@ -241,18 +241,23 @@ def test_inference_path_and_input_without_grad(case, family):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize('padding', ['same', 'valid'])
-@pytest.mark.parametrize('kernel', [3, 4])
-def test_string_padding(padding, kernel):
-    layer = _randomize(QuadraticConv2d(3, 4, kernel, padding=padding, dilation=2 if padding == 'same' else 1,
-                                       init='default')).double()
-    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+def _assert_matches_reference(layer, x):
+    """The layer's forward == forward_reference, and so are the gradients w.r.t. x and every parameter."""
     y, y_ref = layer(x), layer.forward_reference(x)
     torch.testing.assert_close(y, y_ref)
     g = torch.randn_like(y)
     for a, b in zip(torch.autograd.grad(y, [x, *layer.parameters()], g),
                     torch.autograd.grad(y_ref, [x, *layer.parameters()], g)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+@pytest.mark.parametrize('kernel', [3, 4])
+def test_string_padding(padding, kernel):
+    layer = _randomize(QuadraticConv2d(3, 4, kernel, padding=padding, dilation=2 if padding == 'same' else 1,
+                                       init='default')).double()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
+    _assert_matches_reference(layer, x)
 
 
 def test_fused_saves_less_for_backward():
@@ -400,12 +405,7 @@ def test_unstacked_x_terms_match_reference(case, family, monkeypatch):
     from qzoo import layers
     monkeypatch.setattr(layers, '_STACK_X_TERMS', False)
     layer, x = _make(case, family)
-    y, y_ref = layer(x), layer.forward_reference(x)
-    torch.testing.assert_close(y, y_ref)
-    g = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, [x, *layer.parameters()], g),
-                    torch.autograd.grad(y_ref, [x, *layer.parameters()], g)):
-        torch.testing.assert_close(a, b)
+    _assert_matches_reference(layer, x)
     if (case, family) in (('conv2d', 'fan'), ('convT1d', 'lowrank(rank=2)'), ('linear', 'quadralib')):
         f, inputs = _as_function_of_params(layer, x[:1].detach().requires_grad_())
         assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
