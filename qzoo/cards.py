@@ -50,7 +50,7 @@ def _metrics_lines(res: Dict[str, Any]) -> List[str]:
                          ', '.join(f'{k} {_fmt(v)}' for k, v in m.items()))
     tr = res.get('at_training')
     if tr:
-        lines[-len(lines):] = [l + f" ({res.get('metrics_from', '')})" for l in lines]
+        lines = [l + f" ({res.get('metrics_from', '')})" for l in lines]
         lines.append(f"- **at training** (evaluated on {tr.get('device', '?')} at the end of the run): " + '; '.join(
             f'{split} ' + ', '.join(f'{k} {_fmt(v)}' for k, v in (tr.get(split) or {}).items()) for split in ('val', 'test')))
     return lines
@@ -79,7 +79,7 @@ def _body(config: Dict[str, Any], name: str, heading: bool = True) -> str:
                   f"- **training**: {_duration(res.get('wall_time_s'))} on {res.get('device', '?')}, "
                   f"torch {res.get('torch', '?')}"]
         lines += _metrics_lines(res)
-    dtype = str(qz.get('weights_dtype', '?')).replace('torch.', '')
+    dtype = qz.get('weights_dtype', '?')
     fp16 = res.get('fp16_check') or {}
     if fp16:
         m, a, b = fp16['metric'], _fmt(fp16['fp32']), _fmt(fp16['fp16'])

@@ -7,6 +7,7 @@ evaluating the float16-rounded weights on the test split), else float32.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -33,21 +34,17 @@ def write_cards() -> Path:
 FP16_TOLERANCE = 0.02  # points of the primary test metric that storing float16 may cost (2 images in 10k)
 
 
-def _evaluate_here(run: Path, results: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{'float32'|'float16': {'val'|'test': metrics}}: the run's weights as trained and rounded to
-    float16, evaluated here (float32 compute, this machine), on the run's dataset."""
+def _evaluate_here(model: torch.nn.Module, spec: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{'float32'|'float16': {'val'|'test': metrics}}: ``model`` as trained and with its weights rounded
+    to float16 (on a copy), evaluated here (float32 compute, this machine) on dataset ``spec``."""
     from .evaluation import evaluate_on
-    spec = results['data_spec']
-    out = {}
-    for dtype in ('float32', 'float16'):
-        model = from_pretrained(run).eval()
-        if dtype == 'float16':
-            with torch.no_grad():
-                for t in model.state_dict().values():
-                    if t.is_floating_point():
-                        t.copy_(t.half().float())
-        out[dtype] = {split: evaluate_on(model, spec['name'], split, spec['args'])[0] for split in ('val', 'test')}
-    return out
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in rounded.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    return {dtype: {split: evaluate_on(m.eval(), spec['name'], split, spec['args'])[0] for split in ('val', 'test')}
+            for dtype, m in (('float32', model), ('float16', rounded))}
 
 
 def _choose_storage(results: Dict[str, Any], here, dtype: str):
@@ -111,10 +108,10 @@ def publish(run_dir, tag: str, default: bool = False, dtype: str = 'auto') -> Di
         raise ValueError(f'tag {tag!r}: use letters, digits, ".", "_" and "-"')
     arch = results['model']
     name = f'{arch}.{tag}'
-    here = _evaluate_here(run, results)
+    model = from_pretrained(run)
+    here = _evaluate_here(model, results['data_spec'])
     dtype, check = _choose_storage(results, here, dtype)
     store = {'float16': torch.float16, 'float32': torch.float32}[dtype]
-    model = from_pretrained(run)
     folder = CHECKPOINTS_DIR / name
     if folder.exists():
         shutil.rmtree(folder)

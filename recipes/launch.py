@@ -72,28 +72,27 @@ def _summarise(run):
         res = json.loads(res_file.read_text())
         rec.update({k: res.get(k) for k in ('model', 'model_args', 'dataset', 'params', 'macs', 'val', 'test',
                                             'selected_epoch', 'epochs', 'wall_time_s', 'device')})
-    log = out / 'log.jsonl'
-    if log.exists():
-        lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
-        if lines:
-            rec['mean_img_s'] = sum(l['img_s'] for l in lines[1:] or lines) / len(lines[1:] or lines)
-            rec['mean_epoch_s'] = sum(l['epoch_time_s'] for l in lines[1:] or lines) / len(lines[1:] or lines)
+    lines = _read_log(run)
+    if lines:
+        steady = lines[1:] or lines  # epoch 0 includes start-up
+        rec['mean_img_s'] = sum(l['img_s'] for l in steady) / len(steady)
+        rec['mean_epoch_s'] = sum(l['epoch_time_s'] for l in steady) / len(steady)
     return rec
 
 
-def _epoch_times(run):
-    """Wall-clock times at which the run's logged epochs ended (the log's "time" field)."""
+def _read_log(run):
+    """The run's log.jsonl records so far (a line still being written is left out)."""
     try:
         text = (Path(run['out']) / 'log.jsonl').read_text()
     except FileNotFoundError:
         return []
-    times = []
+    records = []
     for line in text.splitlines():
         try:
-            times.append(json.loads(line)['time'])
-        except (ValueError, KeyError):
-            break  # a line being written
-    return times
+            records.append(json.loads(line))
+        except ValueError:
+            break
+    return records
 
 
 SHARE_ALPHA = 0.5  # see _batch_time
@@ -121,7 +120,7 @@ def _batch_time(remaining, epoch_s, alpha=SHARE_ALPHA):
 def _check_fit(fit, active, started, t0):
     """Once every active run has logged two epochs: project the batch's end from the runs' epoch times.
     Returns the epoch count to restart with when it would overrun fit['budget_s'], else None."""
-    times = {r['name']: _epoch_times(r) for r, _, _ in active}
+    times = {r['name']: [l['time'] for l in _read_log(r)] for r, _, _ in active}  # when each epoch ended
     if any(len(t) < 2 for t in times.values()):
         return None  # not measured yet
     now, E = time.time(), fit['requested_epochs']
@@ -194,7 +193,7 @@ def main(argv=None) -> int:
             active.append((r, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), fh))
             print(f'[{time.time() - t0:7.1f}s] start {r["name"]}', flush=True)
         time.sleep(0.5)
-        if fit is not None and not fit['refit'] and 'projected_s' not in fit and not pending:
+        if fit is not None and 'projected_s' not in fit and not pending:  # measured once
             new_epochs = _check_fit(fit, active, started, t0)
             if new_epochs is not None:
                 for r, p, fh in active:
