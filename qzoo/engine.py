@@ -34,6 +34,7 @@ from torch import nn
 
 from . import __version__
 from .measure import count_macs, count_params
+from .errors import CheckpointWriteError, RecipeError, TrainingDiverged
 from .relinear import param_groups
 
 __all__ = ['DEFAULTS', 'load_recipe', 'train', 'TrainingDiverged', 'CheckpointWriteError', 'RecipeError', 'evaluate', 'Metrics']
@@ -72,18 +73,6 @@ DEFAULTS: Dict[str, Any] = dict(
                                # pause_at_step (sleep there, for kill -9 tests), fail_save_at_epoch (disk full)
     smoke={'train': 64, 'val': 32, 'test': 32, 'epochs': 1, 'batch_size': 16},
 )
-
-
-class RecipeError(ValueError):
-    """A recipe is malformed: unknown key, bad value, missing file."""
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint was kept."""
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written; the previous one is intact."""
 
 
 # ---- recipes --------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+
 __all__ = [
     'CheckpointError', 'save_pretrained', 'save_weights', 'push_to_hub', 'from_pretrained', 'load_with_info', 'load_weights', 'sha256_file',
     'published', 'CHECKPOINTS_DIR', 'WEIGHTS_NAME', 'CONFIG_NAME',
@@ -39,11 +41,6 @@ MANIFEST = CHECKPOINTS_DIR / 'manifest.json'
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 HF_ORG = 'qzoo'
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not fit the model. The message names the
-    file, what was expected, what was found and how to fix it."""
 
 
 # ---- hashing & manifest ---------------------------------------------------------------
