@@ -74,15 +74,11 @@ def count_macs(model: nn.Module, input: Union[torch.Tensor, Tuple[int, ...]]) ->
         p = next(model.parameters())
         input = torch.zeros(input, device=p.device, dtype=p.dtype)
     total = 0
-    skip = set()
-    for m in model.modules():
-        if isinstance(m, QuadraticLayer):
-            skip.update(id(t) for t in m.terms.values())
+    # a quadratic layer counts its own term modules (they run inside its forward)
+    terms = {id(t) for m in model.modules() if isinstance(m, QuadraticLayer) for t in m.terms.values()}
 
     def hook(module, args, out):
         nonlocal total
-        if id(module) in skip:
-            return
         x = args[0]
         if isinstance(module, QuadraticLayer):
             total += _quadratic_macs(module, x, out)
@@ -90,7 +86,7 @@ def count_macs(model: nn.Module, input: Union[torch.Tensor, Tuple[int, ...]]) ->
             total += layer_macs(module, x, out)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, QuadraticLayer) or isinstance(m, (nn.Linear,) + _CONV + _CONVT)]
+               if id(m) not in terms and isinstance(m, (QuadraticLayer, nn.Linear) + _CONV + _CONVT)]
     was_training = model.training
     try:
         model.eval()

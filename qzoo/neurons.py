@@ -3,12 +3,22 @@
 A neuron family is a set of *terms* and a *combine* rule. Each term is a
 linear map (a Linear / Conv / ConvTranspose of the layer's shape) applied to
 either the input ``x`` or its elementwise square ``x*x``; the combine rule
-turns the term outputs into the neuron's output. Layers (``qzoo.layers``)
-own one torch module per term, so every tensor is a ``.weight`` / ``.bias``
-of a submodule named ``<prefix>_<term>`` (e.g. ``conv_r.weight``).
+(:meth:`NeuronFamily.combine`) turns the term outputs into the neuron's output.
+Layers (``qzoo.layers``) own one torch module per term, so every tensor is a
+``.weight`` / ``.bias`` of a submodule named ``<prefix>_<term>`` (e.g.
+``conv_r.weight``), run each term module once and hand the outputs to
+``combine``; they know nothing about any family's formula.
+
+A combine rule uses only tensor operations and Python values known when the
+layer is built (the channel dimension, ranks), never properties of the input,
+so a layer's forward traces with ``torch.fx``, ``torch.jit.trace``,
+``torch.export`` and ``torch.compile(fullgraph=True)``.
 
 Families are referred to by a *spec* string: a name, optionally with
-keyword arguments, e.g. ``"fan"`` or ``"lowrank(rank=2)"``.
+keyword arguments, e.g. ``"fan"`` or ``"lowrank(rank=2)"``. A new family is a
+subclass that sets ``name``, ``formula``, ``citation``, ``terms``,
+``linear_term`` and implements ``combine`` (and ``init_linear_`` when its linear
+special case needs more than zeroing the quadratic-only terms).
 """
 from __future__ import annotations
 
@@ -52,7 +62,7 @@ class NeuronFamily:
     name: str = ''
     formula: str = ''
     citation: str = ''
-    #: terms in a fixed order (the order of the fused weight stack)
+    #: terms, in the order of the layer's submodules
     terms: Tuple[Term, ...] = ()
     #: name of the term that is the conventional layer in the linear special case
     linear_term: Optional[str] = None
@@ -102,11 +112,13 @@ class NeuronFamily:
         return hash(self.spec)
 
     # ---- math -------------------------------------------------------------------
-    def combine(self, t: Mapping[str, Tensor], bias_of: BiasOf) -> Tensor:
-        """Neuron output from term outputs ``t`` (each already includes its bias).
+    def combine(self, t: Mapping[str, Tensor], ch: int, bias_of: BiasOf) -> Tensor:
+        """Neuron output from the term outputs ``t`` (each already includes its bias).
 
-        ``bias_of(term)`` returns that term's bias broadcastable against its
-        output, for the few families whose formula needs it separately.
+        ``ch`` is the channel dimension of every term output, counted from the end
+        (``-1`` for Linear, ``-3`` for Conv2d), so batched and unbatched inputs look the
+        same. ``bias_of(term)`` returns that term's bias broadcastable against its
+        output (or None), for the families whose formula uses it on its own.
         """
         raise NotImplementedError
 
@@ -151,7 +163,7 @@ class Linear(NeuronFamily):
     def is_quadratic(self) -> bool:
         return False
 
-    def combine(self, t, bias_of):
+    def combine(self, t, ch, bias_of):
         return t['r']
 
 
@@ -163,7 +175,7 @@ class Fan(NeuronFamily):
     terms = (Term('r', 'x', True, False), Term('g', 'x', True, True), Term('b', 'sq', True, True))
     linear_term = 'r'
 
-    def combine(self, t, bias_of):
+    def combine(self, t, ch, bias_of):
         return torch.addcmul(t['b'], t['r'], t['g'])
 
     def elementwise_macs(self, out_numel):
@@ -186,7 +198,7 @@ class FanRG(Fan):
     citation = Fan.citation + ' (product part only)'
     terms = (Term('r', 'x', True, False), Term('g', 'x', True, True))
 
-    def combine(self, t, bias_of):
+    def combine(self, t, ch, bias_of):
         return t['r'] * t['g']
 
 
@@ -197,7 +209,7 @@ class FanRB(NeuronFamily):
     terms = (Term('r', 'x', True, False), Term('b', 'sq', False, True))
     linear_term = 'r'
 
-    def combine(self, t, bias_of):
+    def combine(self, t, ch, bias_of):
         return t['r'] + t['b']
 
 
@@ -209,7 +221,7 @@ class QuadraLib(NeuronFamily):
     terms = (Term('a', 'x', False, True), Term('b', 'x', False, True), Term('c', 'x', True, False))
     linear_term = 'c'
 
-    def combine(self, t, bias_of):
+    def combine(self, t, ch, bias_of):
         return torch.addcmul(t['c'], t['a'], t['b'])
 
     def elementwise_macs(self, out_numel):
@@ -231,10 +243,10 @@ class QRes(NeuronFamily):
     terms = (Term('1', 'x', True, False), Term('2', 'x', False, True))
     linear_term = '1'
 
-    def combine(self, t, bias_of):
+    def combine(self, t, ch, bias_of):
         lin = t['1']
         b = bias_of('1')
-        w1x = lin if b is None else lin - b
+        w1x = lin if b is None else lin - b.to(lin.dtype)  # in lin's dtype under autocast
         return torch.addcmul(lin, w1x, t['2'])
 
     def elementwise_macs(self, out_numel):
@@ -252,7 +264,7 @@ class Power(NeuronFamily):
     def is_quadratic(self) -> bool:
         return True
 
-    def combine(self, t, bias_of):
+    def combine(self, t, ch, bias_of):
         return t['p']
 
 
@@ -273,13 +285,9 @@ class LowRank(NeuronFamily):
     def spec_kwargs(self):
         return {'rank': self.rank}
 
-    def combine(self, t, bias_of):
-        q = t['q']
-        n, c = q.shape[0], q.shape[1] // self.rank
-        if q.dim() == 2:  # Linear: (N, C*K)
-            sq = q.view(n, c, self.rank).square().sum(-1)
-        else:  # conv: (N, C*K, *spatial)
-            sq = q.unflatten(1, (c, self.rank)).square().sum(2)
+    def combine(self, t, ch, bias_of):
+        # Q's channels (C*K) -> (C, K): K lands at dimension ch, then sum its squares over it
+        sq = t['q'].unflatten(ch, (-1, self.rank)).square().sum(ch)
         return t['w'] + sq
 
     def elementwise_macs(self, out_numel):

@@ -34,8 +34,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, quad_lr
       ``lr * quad_lr_scale``, ``quad_weight_decay`` (default ``weight_decay``);
     * ``quadratic_no_decay``: their biases (for ``fan``: b_g, c): ``lr * quad_lr_scale``, no decay.
 
-    Empty groups are dropped. Each group carries a ``name`` and a ``lr_scale``
-    (so schedulers can rescale a base lr); every trainable parameter appears once.
+    Empty groups are dropped. Each group carries a ``name`` (one of the four above) next to
+    torch's ``params``, ``lr`` and ``weight_decay``; every trainable parameter appears once.
     """
     if quad_weight_decay is None:
         quad_weight_decay = weight_decay
@@ -69,5 +69,5 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, quad_lr
                 # conventional layer: biases and 1-D params (e.g. learned scales) do not decay
                 role = 'no_decay' if (pname == 'bias' or p.ndim <= 1) else 'decay'
             grouped[role].append(p)
-    return [dict(name=k, params=v, lr=lr * settings[k][0], lr_scale=settings[k][0], weight_decay=settings[k][1])
+    return [dict(name=k, params=v, lr=lr * settings[k][0], weight_decay=settings[k][1])
             for k, v in grouped.items() if v]

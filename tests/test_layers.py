@@ -1,25 +1,34 @@
-"""Quadratic layers: fused path == plain per-term reference == hand-written torch calls,
-forward and backward; ReLinear equivalence; quadratize; shapes and errors."""
+"""Quadratic layers against a per-term reference written with torch.nn.functional (exact in
+float64, forward and gradients; gradcheck), under channels_last, bf16 autocast and
+torch.compile; traced by torch.fx, timm/torchvision feature extraction, torch.jit.trace and
+torch.export; ReLinear equivalence; quadratize; shapes and errors."""
 import copy
-import itertools
+import warnings
 
 import pytest
+import timm.models._features_fx as timm_fx
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from qzoo import (QuadraticConv1d, QuadraticConv2d, QuadraticConvTranspose1d, QuadraticConvTranspose2d,
                   QuadraticLinear, quadratize)
+from qzoo.layers import QuadraticLayer, recording_graph
 from qzoo.neurons import NEURONS
 
 FAMILIES = list(NEURONS) + ['lowrank(rank=2)']
 
 CASES = {
     'linear': (QuadraticLinear, (6, 8), {}, (3, 6)),
+    'linear_3d': (QuadraticLinear, (6, 8), {}, (2, 3, 6)),
     'conv1d': (QuadraticConv1d, (4, 6, 3), dict(stride=2, padding=1, dilation=2), (2, 4, 11)),
+    'conv1d_replicate': (QuadraticConv1d, (4, 6, 3), dict(padding=2, padding_mode='replicate'), (2, 4, 7)),
     'conv2d': (QuadraticConv2d, (4, 6, 3), dict(stride=2, padding=1), (2, 4, 9, 9)),
     'conv2d_groups': (QuadraticConv2d, (4, 6, 3), dict(padding=1, groups=2), (2, 4, 6, 6)),
     'conv2d_reflect': (QuadraticConv2d, (4, 6, 3), dict(padding=1, padding_mode='reflect'), (2, 4, 6, 6)),
+    'conv2d_circular': (QuadraticConv2d, (4, 6, 3), dict(padding=(1, 2), padding_mode='circular'), (2, 4, 5, 6)),
+    'conv2d_same': (QuadraticConv2d, (4, 6, 4), dict(padding='same', dilation=2), (2, 4, 7, 7)),
     'convT1d': (QuadraticConvTranspose1d, (4, 6, 3), dict(stride=2, padding=1, output_padding=1), (2, 4, 7)),
     'convT2d': (QuadraticConvTranspose2d, (4, 6, 2), dict(stride=2), (2, 4, 5, 5)),
     'convT2d_groups': (QuadraticConvTranspose2d, (4, 6, 3), dict(stride=2, padding=1, groups=2), (2, 4, 5, 5)),
@@ -33,63 +42,109 @@ def _randomize(layer):
     return layer
 
 
-def _make(case, family, **extra):
+def _make(case, family, dtype=torch.float64):
     cls, args, kw, xshape = CASES[case]
-    layer = _randomize(cls(*args, neuron=family, init='default', **kw, **extra)).double()
-    x = torch.randn(xshape, dtype=torch.float64, requires_grad=True)
+    layer = _randomize(cls(*args, neuron=family, init='default', **kw)).to(dtype)
+    x = torch.randn(xshape, dtype=dtype, requires_grad=True)
     return layer, x
 
 
-def _torch_term(layer, case, name, x):
-    """One term through the plain torch functional call (no qzoo code)."""
-    m = layer.terms[name]
-    if case == 'linear':
+# ---- the reference: one torch.nn.functional call per term, the formula by hand -----------
+def _term(m, x):
+    """One term module's map through torch.nn.functional (no qzoo code)."""
+    if isinstance(m, nn.Linear):
         return F.linear(x, m.weight, m.bias)
-    return m(x)  # nn.ConvNd / nn.ConvTransposeNd forward
+    if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        fn = F.conv_transpose1d if isinstance(m, nn.ConvTranspose1d) else F.conv_transpose2d
+        return fn(x, m.weight, m.bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+    fn = F.conv1d if isinstance(m, nn.Conv1d) else F.conv2d
+    padding = m.padding
+    if m.padding_mode != 'zeros':
+        x = F.pad(x, [p for size in reversed(m.padding) for p in (size, size)], mode=m.padding_mode)
+        padding = 0
+    return fn(x, m.weight, m.bias, m.stride, padding, m.dilation, m.groups)
+
+
+def _reference(layer, x):
+    """The layer's function: every term on x or x*x, combined by the family's formula by hand."""
+    mods = {name: getattr(layer, f'{layer.prefix}_{name}') for name in (t.name for t in layer.neuron.terms)}
+    sq = x * x
+    t = {name: _term(m, sq if layer.neuron.term(name).input == 'sq' else x) for name, m in mods.items()}
+    ch = -1 if isinstance(layer, QuadraticLinear) else -(layer._nd + 1)
+    name = layer.neuron.name
+    if name in ('linear', 'fan_rg', 'fan', 'fan_rb', 'power'):
+        return {'linear': lambda: t['r'], 'fan_rg': lambda: t['r'] * t['g'], 'fan_rb': lambda: t['r'] + t['b'],
+                'fan': lambda: torch.addcmul(t['b'], t['r'], t['g']), 'power': lambda: t['p']}[name]()
+    if name == 'quadralib':
+        return torch.addcmul(t['c'], t['a'], t['b'])
+    if name == 'qres':  # (W_1 x) * (W_2 x) + W_1 x + b, term '1' carrying b
+        b = mods['1'].bias
+        w1x = t['1'] if b is None else t['1'] - b.view(-1, *[1] * (-ch - 1)).to(t['1'].dtype)
+        return torch.addcmul(t['1'], w1x, t['2'])
+    assert name == 'lowrank'
+    return t['w'] + t['q'].unflatten(ch, (-1, layer.neuron.rank)).square().sum(ch)
+
+
+def _grads(y, x, layer, g):
+    return torch.autograd.grad(y, [x, *layer.parameters()], g)
 
 
 @pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('case', list(CASES))
-def test_fused_matches_reference_forward_backward(case, family):
+def test_forward_and_gradients_equal_reference_exactly_float64(case, family):
     layer, x = _make(case, family)
-    y_fused = layer(x)
-    g = torch.randn_like(y_fused)
-    grads_fused = torch.autograd.grad(y_fused, [x, *layer.parameters()], g)
-    y_ref = layer.forward_reference(x)
-    grads_ref = torch.autograd.grad(y_ref, [x, *layer.parameters()], g)
-    torch.testing.assert_close(y_fused, y_ref)
-    for a, b in zip(grads_fused, grads_ref):
-        torch.testing.assert_close(a, b)
+    y, y_ref = layer(x), _reference(layer, x)
+    assert torch.equal(y, y_ref)
+    g = torch.randn_like(y)
+    for a, b in zip(_grads(y, x, layer, g), _grads(y_ref, x, layer, g)):
+        assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('case', list(CASES))
-def test_fan_reference_is_three_plain_torch_calls(case):
-    layer, x = _make(case, 'fan')
-    want = _torch_term(layer, case, 'r', x) * _torch_term(layer, case, 'g', x) + _torch_term(layer, case, 'b', x * x)
-    torch.testing.assert_close(layer(x), want)
-    torch.testing.assert_close(layer.forward_reference(x), want)
+def test_gradcheck_float64(case, family):
+    layer, x = _make(case, family)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def f(x, *ps):
+        return torch.func.functional_call(layer, dict(zip(names, ps)), (x,))
+    params = tuple(p.detach().requires_grad_() for p in layer.parameters())
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
 
 
-@pytest.mark.parametrize('case', list(CASES))
-def test_lowrank_conv_groups_keep_channels_apart(case):
-    layer, x = _make(case, 'lowrank(rank=2)')
-    q = _torch_term(layer, case, 'q', x)
-    ch = q.dim() - 1 if case == 'linear' else 1
-    sq = q.unflatten(ch, (-1, 2)).square().sum(ch + 1)
-    torch.testing.assert_close(layer(x), sq + _torch_term(layer, case, 'w', x))
+@pytest.mark.parametrize('case, family', [('conv2d', 'fan'), ('convT1d', 'lowrank(rank=2)'), ('linear', 'qres')])
+def test_double_backward(case, family):
+    layer, x = _make(case, family)
+    assert torch.autograd.gradgradcheck(lambda x: layer(x), (x[:1].detach().requires_grad_(),), fast_mode=True)
+
+
+@pytest.mark.parametrize('family', ['fan', 'qres', 'lowrank(rank=2)'])
+@pytest.mark.parametrize('case', [c for c in CASES if 'linear' not in c])
+def test_float32_close_to_reference(case, family):
+    layer, x = _make(case, family, torch.float32)
+    torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-6, atol=1e-6)
+
+
+def test_lowrank_linear_on_3d_input_keeps_channels_apart():
+    """The rank-K squares sum over the last (feature) dim of a (N, L, C) input, as on (N*L, C)."""
+    layer, _ = _make('linear', 'lowrank(rank=3)')
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), layer(x.reshape(10, 6)).view(2, 5, 8), rtol=0, atol=0)
 
 
 def test_unbatched_conv_input():
-    layer, _ = _make('conv2d_groups', 'fan')
-    x = torch.randn(4, 6, 6, dtype=torch.float64)
-    torch.testing.assert_close(layer(x), layer(x[None])[0])
+    for case in ('conv2d_groups', 'conv1d_replicate', 'convT2d'):
+        layer, x = _make(case, 'lowrank(rank=2)')
+        torch.testing.assert_close(layer(x[0]), layer(x[:1])[0], rtol=0, atol=0)
 
 
 def test_conv_transpose_output_size():
     layer = QuadraticConvTranspose2d(4, 6, 3, stride=2, padding=1)
     x = torch.randn(1, 4, 5, 5)
-    assert layer(x, output_size=[10, 10]).shape[-2:] == (10, 10)
-    assert layer.forward_reference(x, output_size=[10, 10]).shape[-2:] == (10, 10)
+    y = layer(x, output_size=[10, 10])
+    assert y.shape[-2:] == (10, 10)
+    want = torch.addcmul(layer.conv_b(x * x, [10, 10]), layer.conv_r(x, [10, 10]), layer.conv_g(x, [10, 10]))
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
 
 
 def test_every_tensor_is_a_submodule_weight_or_bias():
@@ -103,6 +158,203 @@ def test_every_tensor_is_a_submodule_weight_or_bias():
     assert keys == {f'conv_{t}.{p}' for t in 'rgb' for p in ('weight', 'bias')}
 
 
+# ---- memory format, autocast, compile ----------------------------------------------------
+@pytest.mark.parametrize('family', ['fan', 'lowrank(rank=2)', 'qres'])
+def test_channels_last(family):
+    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1, stride=2, neuron=family))
+    x = torch.randn(2, 4, 9, 9)
+    y_ref = _reference(layer, x)
+    g = torch.randn_like(y_ref)
+    x_ref = x.clone().requires_grad_()
+    grads_ref = _grads(_reference(layer, x_ref), x_ref, layer, g)
+    layer = layer.to(memory_format=torch.channels_last)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    y = layer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(_grads(y, x, layer, g), grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('family', ['fan', 'lowrank(rank=2)', 'qres'])
+@pytest.mark.parametrize('case', ['linear', 'conv2d', 'convT1d'])
+def test_autocast_bf16(case, family):
+    layer, x = _make(case, family, torch.float32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y, y_ref = layer(x), _reference(layer, x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)  # the same ops under autocast
+    torch.testing.assert_close(y.float(), _reference(layer, x), rtol=0.05, atol=0.1)  # and near float32
+    g = torch.randn_like(y)
+    for a in _grads(y, x, layer, g):
+        assert a.dtype == torch.float32 and torch.isfinite(a).all()
+
+
+def _compile_check(module, x):
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend='aot_eager', fullgraph=True)
+    y = compiled(x)
+    grads = torch.autograd.grad(y.square().sum(), list(module.parameters()))
+    y_eager = module(x)
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), list(module.parameters()))
+    torch.testing.assert_close(y, y_eager)
+    for a, b in zip(grads, grads_eager):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('case, family', [('linear', 'fan'), ('conv1d_replicate', 'qres'), ('conv2d', 'fan'),
+                                          ('conv2d_groups', 'lowrank(rank=2)'), ('convT1d', 'quadralib'),
+                                          ('convT2d', 'fan_rb')])
+def test_compile_fullgraph(case, family):
+    layer, x = _make(case, family, torch.float32)
+    _compile_check(layer, x)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_qresnet():
+    from qzoo import create_model
+    _compile_check(create_model('qresnet8'), torch.randn(2, 3, 16, 16))
+
+
+# ---- graph capture: torch.fx, feature extraction, torch.jit.trace, torch.export -------------
+class _AllLayers(nn.Module):
+    """Every quadratic layer type in one network: (N, 4, 8, 8) -> (N, 3)."""
+
+    def __init__(self, neuron):
+        super().__init__()
+        kw = dict(neuron=neuron, init='default')
+        self.conv2d = QuadraticConv2d(4, 6, 3, padding=1, padding_mode='reflect', **kw)
+        self.up2d = QuadraticConvTranspose2d(6, 4, 2, stride=2, groups=2, **kw)
+        self.conv1d = QuadraticConv1d(4, 4, 3, padding=1, groups=2, **kw)
+        self.up1d = QuadraticConvTranspose1d(4, 4, 3, stride=2, padding=1, **kw)
+        self.fc = QuadraticLinear(4, 3, **kw)
+
+    def forward(self, x):
+        x = torch.tanh(self.up2d(torch.tanh(self.conv2d(x))))
+        x = self.up1d(torch.tanh(self.conv1d(x.flatten(2))))
+        return self.fc(x.mean(-1))
+
+
+def _all_layers(family):
+    torch.manual_seed(0)
+    return _randomize(_AllLayers(family)), torch.randn(3, 4, 8, 8)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_fx_symbolic_trace(family):
+    model, x = _all_layers(family)
+    gm = torch.fx.symbolic_trace(model)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    targets = {n.target for n in gm.graph.nodes if n.op == 'call_module'}
+    assert {f'conv2d.conv_{t.name}' for t in model.conv2d.neuron.terms} <= targets
+    # a trained graph module follows the parameters it shares with the model
+    with torch.no_grad():
+        model.fc.terms[model.fc.neuron.terms[0].name].weight.add_(1.0)
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    # the input checks are skipped while tracing, and still fire in eager mode afterwards
+    with pytest.raises(ValueError, match='expects input'):
+        model(torch.randn(3, 5, 8, 8))
+
+
+def test_recording_graph_only_while_fx_or_jit_trace_records():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(recording_graph())
+            return x + 1
+
+    x = torch.randn(2)
+    Probe()(x)
+    torch.fx.symbolic_trace(Probe())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        torch.jit.trace(Probe(), x, check_trace=False)
+    torch.export.export(Probe(), (x,))
+    assert seen[:3] == [False, True, True] and len(seen) > 3 and not any(seen[3:])  # export: not recording
+    assert not recording_graph()
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_fx_symbolic_trace_each_layer(case):
+    layer, x = _make(case, 'fan')
+    gm = torch.fx.symbolic_trace(nn.Sequential(layer))
+    x = x.detach()
+    torch.testing.assert_close(gm(x), layer(x), rtol=0, atol=0)
+
+
+def _features(model, x):
+    """Outputs of the quadratic layers recorded by forward hooks (no tracing)."""
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name, out))
+             for name, m in model.named_children()]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize('family', ['fan', 'qres', 'lowrank(rank=2)'])
+def test_feature_extraction_timm_and_torchvision(family):
+    model, x = _all_layers(family)
+    want = _features(model, x)
+    nodes = ['conv2d', 'up2d', 'conv1d', 'up1d']
+    tv = create_feature_extractor(model, return_nodes=nodes)(x)
+    assert list(tv) == nodes
+    tm = timm_fx.GraphExtractNet(model, nodes, return_dict=True)(x)
+    train_nodes, eval_nodes = timm_fx.get_graph_node_names(model)
+    assert 'conv2d.conv_' + model.conv2d.neuron.terms[0].name in eval_nodes
+    for name in nodes:
+        torch.testing.assert_close(tv[name], want[name], rtol=0, atol=0)
+        torch.testing.assert_close(tm[name], want[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_jit_trace_passes_its_sanity_check(family):
+    model, x = _all_layers(family)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # torch.jit.trace itself is deprecated
+        warnings.simplefilter('error', torch.jit.TracerWarning)  # no shape/dtype checks baked in
+        traced = torch.jit.trace(model, x)  # check_trace=True: re-traces and compares the graphs
+        traced_train = torch.jit.trace(model, x.clone().requires_grad_())
+    torch.testing.assert_close(traced(x), model(x))
+    x2 = torch.randn(5, 4, 8, 8)
+    torch.testing.assert_close(traced(x2), model(x2))
+    g = torch.autograd.grad(traced_train(x).sum(), list(model.parameters()))
+    for a, b in zip(g, torch.autograd.grad(model(x).sum(), list(model.parameters()))):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_jit_trace_each_layer(case):
+    layer, x = _make(case, 'fan')
+    x = x.detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        warnings.simplefilter('error', torch.jit.TracerWarning)
+        traced = torch.jit.trace(layer, x)
+    torch.testing.assert_close(traced(x), layer(x))
+
+
+@pytest.mark.parametrize('family', ['fan', 'qres', 'lowrank(rank=2)', 'power'])
+def test_torch_export(family):
+    model, x = _all_layers(family)
+    batch = torch.export.Dim('batch', min=2, max=64)
+    ep = torch.export.export(model, (x,), dynamic_shapes={'x': {0: batch}})
+    torch.testing.assert_close(ep.module()(x), model(x))
+    x2 = torch.randn(7, 4, 8, 8)
+    torch.testing.assert_close(ep.module()(x2), model(x2))
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_torch_export_each_layer(case):
+    layer, x = _make(case, 'fan', torch.float32)
+    x = x.detach()
+    ep = torch.export.export(layer, (x,))
+    torch.testing.assert_close(ep.module()(x), layer(x))
+
+
+# ---- errors --------------------------------------------------------------------------------
 @pytest.mark.parametrize('case', ['linear', 'conv2d', 'convT2d'])
 def test_wrong_input_shape_names_expected_shape(case):
     layer, _ = _make(case, 'fan')
@@ -112,6 +364,62 @@ def test_wrong_input_shape_names_expected_shape(case):
         layer(torch.randn(2, 3, 9, 9, dtype=torch.float64) if case != 'linear' else torch.randn(2, 3, dtype=torch.float64))
 
 
+def test_too_small_input_and_same_padding():
+    layer = QuadraticConv2d(2, 2, 5)
+    with pytest.raises(ValueError, match='too small'):
+        layer(torch.randn(1, 2, 4, 9))
+    same = QuadraticConv2d(2, 2, 5, padding='same')
+    assert same(torch.randn(1, 2, 2, 2)).shape == (1, 2, 2, 2)
+
+
+@pytest.mark.parametrize('dtype', [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64])
+def test_integer_input_gets_a_floating_fix(dtype):
+    layer = QuadraticConv2d(2, 3, 3)
+    x = torch.ones(1, 2, 5, 5).to(dtype)
+    with pytest.raises(TypeError) as e:
+        layer(x)
+    msg = str(e.value)
+    assert str(dtype) in msg and 'x.to(torch.float32)' in msg and 'floating-point' in msg
+    assert f'layer.to({dtype})' not in msg
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float64])
+def test_float_dtype_mismatch_names_both_dtypes_and_fixes(dtype):
+    layer = QuadraticLinear(4, 2)
+    with pytest.raises(TypeError) as e:
+        layer(torch.randn(3, 4, dtype=dtype))
+    msg = str(e.value)
+    assert 'torch.float32 weights' in msg and f'a {dtype} input' in msg
+    assert 'x.to(torch.float32)' in msg and f'layer.to({dtype})' in msg
+    assert layer(torch.randn(3, 4).to(dtype).to(torch.float32)).dtype == torch.float32  # the suggested fixes work
+    assert copy.deepcopy(layer).to(dtype)(torch.randn(3, 4, dtype=dtype)).dtype == dtype
+    if dtype == torch.float64:  # autocast leaves float64 alone: not suggested, and still an error under it
+        assert 'autocast' not in msg
+        with torch.autocast('cpu', dtype=torch.bfloat16), pytest.raises(TypeError, match='float64 input'):
+            layer(torch.randn(3, 4, dtype=dtype))
+    else:
+        assert f"torch.autocast('cpu', dtype={dtype})" in msg
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert layer(torch.randn(3, 4, dtype=dtype)).dtype == torch.bfloat16
+            assert copy.deepcopy(layer).to(dtype)(torch.randn(3, 4)).dtype == torch.bfloat16  # half weights
+
+
+def test_fused_argument_is_deprecated_and_ignored():
+    with pytest.warns(FutureWarning, match='fused') as record:
+        old = QuadraticConv2d(3, 4, 3, fused=True)
+    assert record[0].filename == __file__  # points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        new = QuadraticConv2d(3, 4, 3)
+    new.load_state_dict(old.state_dict())
+    x = torch.randn(1, 3, 6, 6)
+    torch.testing.assert_close(old(x), new(x), rtol=0, atol=0)
+    for cls, args in ((QuadraticLinear, (3, 4)), (QuadraticConvTranspose1d, (3, 4, 3))):
+        with pytest.warns(FutureWarning, match='no effect'):
+            cls(*args, fused=False)
+
+
+# ---- quadratize and ReLinear ---------------------------------------------------------------
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
@@ -161,259 +469,42 @@ def test_relinear_layer_equals_conventional_at_init():
     assert torch.count_nonzero(q.conv_b.weight) == 0 and torch.count_nonzero(q.conv_b.bias) == 0
 
 
-def test_bf16_and_channels_last():
-    layer = QuadraticConv2d(4, 8, 3, padding=1)
-    _randomize(layer)
-    x = torch.randn(2, 4, 8, 8)
-    ref = layer.forward_reference(x)
-    y = layer.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        yb = layer(x)
-    assert yb.dtype == torch.bfloat16
-    torch.testing.assert_close(yb.float(), ref, rtol=0.05, atol=0.1)
-
-
-# ---- the fused Function (hand-written backward) ------------------------------------------
-from torch.func import functional_call  # noqa: E402
-
-from qzoo import create_model  # noqa: E402
-from qzoo.layers import _RULES, QuadraticLayer, set_fused  # noqa: E402
-
-FUNCTION_CASES = ['linear', 'conv1d', 'conv2d', 'conv2d_groups', 'conv2d_reflect', 'convT1d', 'convT2d_groups']
-
-
-def _as_function_of_params(layer, x):
-    names = [n for n, _ in layer.named_parameters()]
-    params = tuple(p.detach().requires_grad_() for p in layer.parameters())
-
-    def f(x, *ps):
-        return functional_call(layer, dict(zip(names, ps)), (x,))
-    return f, (x, *params)
-
-
-GRADCHECK = sorted({(c, f) for c in ('linear', 'conv2d_groups') for f in FAMILIES}
-                   | {(c, f) for c in FUNCTION_CASES for f in ('fan', 'lowrank(rank=2)')})
-
-
-@pytest.mark.parametrize('case, family', GRADCHECK)
-def test_fused_gradcheck_float64(case, family):
-    layer, x = _make(case, family)
-    f, inputs = _as_function_of_params(layer, x)
-    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
-
-
-@pytest.mark.parametrize('family', ['fan', 'lowrank(rank=2)'])
-def test_fused_gradcheck_full_jacobian(family):
-    layer = _randomize(QuadraticConv2d(2, 2, 2, stride=2, neuron=family, init='default')).double()
-    f, inputs = _as_function_of_params(layer, torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True))
-    assert torch.autograd.gradcheck(f, inputs)
-
-
-@pytest.mark.parametrize('case, family', [('linear', 'lowrank(rank=2)'), ('conv2d', 'fan'), ('convT1d', 'quadralib')])
-def test_fused_double_backward(case, family):
-    layer, x = _make(case, family)
-    x = x[:1].detach().requires_grad_()
-    f, inputs = _as_function_of_params(layer, x)
-    assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
-
-
-@pytest.mark.parametrize('family', FAMILIES)
-def test_rule_families_use_the_function(family):
-    layer, x = _make('conv2d', family)
-    name = type(layer(x).grad_fn).__name__
-    assert (name == 'BackwardCFunction' or 'QuadraticFunction' in name) == (family.split('(')[0] in _RULES), name
-
-
-@pytest.mark.parametrize('family', ['fan', 'lowrank(rank=2)', 'qres'])
-@pytest.mark.parametrize('case', ['conv2d', 'convT2d', 'linear'])
-def test_inference_path_and_input_without_grad(case, family):
-    layer, x = _make(case, family)
-    x = x.detach()  # e.g. the stem: only weight gradients
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x), layer.forward_reference(x))
-    with torch.inference_mode():
-        torch.testing.assert_close(layer(x), layer.forward_reference(x))
-    y, y_ref = layer(x), layer.forward_reference(x)
-    g = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, list(layer.parameters()), g),
-                    torch.autograd.grad(y_ref, list(layer.parameters()), g)):
-        torch.testing.assert_close(a, b)
-
-
-def _assert_matches_reference(layer, x):
-    """The layer's forward == forward_reference, and so are the gradients w.r.t. x and every parameter."""
-    y, y_ref = layer(x), layer.forward_reference(x)
-    torch.testing.assert_close(y, y_ref)
-    g = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, [x, *layer.parameters()], g),
-                    torch.autograd.grad(y_ref, [x, *layer.parameters()], g)):
-        torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize('padding', ['same', 'valid'])
-@pytest.mark.parametrize('kernel', [3, 4])
-def test_string_padding(padding, kernel):
-    layer = _randomize(QuadraticConv2d(3, 4, kernel, padding=padding, dilation=2 if padding == 'same' else 1,
-                                       init='default')).double()
-    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, requires_grad=True)
-    _assert_matches_reference(layer, x)
-
-
-def test_fused_saves_less_for_backward():
-    """The Function saves x, the weights and r|g; the reference also keeps x*x and more."""
-    layer = QuadraticConv2d(8, 8, 3, padding=1)
-    x = torch.randn(4, 8, 16, 16, requires_grad=True)
-
-    def saved_bytes(fn):
-        seen = {}
-
-        def pack(t):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn(x)
-        return sum(seen.values())
-    fused, ref = saved_bytes(layer), saved_bytes(layer.forward_reference)
-    assert fused < ref, (fused, ref)
-
-
-def test_set_fused_switches_every_layer():
-    model = create_model('qresnet8').eval()
-    x = torch.randn(2, 3, 32, 32)
-    y = model(x)
-    assert set_fused(model, False) is model
-    layers = [m for m in model.modules() if isinstance(m, QuadraticLayer)]
-    assert layers and all(not m.fused for m in layers)
-    torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
-    set_fused(model, True)
-    assert all(m.fused for m in layers)
-    assert 'set_fused' in __import__('qzoo.layers', fromlist=['__all__']).__all__
-
-
-def test_default_path_is_auto_fused_on_cpu(monkeypatch):
-    """fused=None (the default): the fused path on the CPU; the reference path on CUDA (measured faster on an
-    H100, see qzoo.layers); set_fused(model, None) restores the default."""
-    layer = _randomize(QuadraticConv2d(3, 4, 3))
-    assert layer.fused is None and 'fused=auto' in repr(layer)
-    calls = []
-    ref = layer.forward_reference
-    monkeypatch.setattr(layer, 'forward_reference', lambda *a, **k: calls.append(1) or ref(*a, **k))
-    x = torch.randn(1, 3, 8, 8)
-    y = layer(x)
-    assert calls == []
-    set_fused(layer, False)
-    torch.testing.assert_close(layer(x), y)
-    assert calls == [1] and layer.fused is False
-    set_fused(layer, None)
-    assert layer.fused is None
-    layer(x)
-    assert calls == [1]
-
-
-def test_channels_last_fused_matches_reference():
-    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1, stride=2)).to(memory_format=torch.channels_last)
-    x = torch.randn(2, 4, 9, 9).to(memory_format=torch.channels_last).requires_grad_()
-    y, y_ref = layer(x), layer.forward_reference(x)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(y)
-    for a, b in zip(torch.autograd.grad(y, [x, *layer.parameters()], g),
-                    torch.autograd.grad(y_ref, [x, *layer.parameters()], g)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_autocast_bf16_fused_matches_reference():
-    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1))
-    x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        y, y_ref = layer(x), layer.forward_reference(x)
-    assert y.dtype == y_ref.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), y_ref.float(), rtol=0.05, atol=0.1)
-    g = torch.randn_like(y)
-    ga = torch.autograd.grad(y, [x, *layer.parameters()], g)
-    gb = torch.autograd.grad(y_ref, [x, *layer.parameters()], g)
-    for a, b in zip(ga, gb):
-        assert a.dtype == b.dtype == torch.float32
-        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * b.abs().max().item())
-
-
-def _compile_check(module, x):
-    torch._dynamo.reset()
-    explain = torch._dynamo.explain(module)(x)
-    assert explain.graph_break_count == 0, explain.break_reasons
-    compiled = torch.compile(module, backend='aot_eager', fullgraph=True)
-    y = compiled(x)
-    grads = torch.autograd.grad(y.square().sum(), list(module.parameters()))
-    y_eager = module(x)
-    grads_eager = torch.autograd.grad(y_eager.square().sum(), list(module.parameters()))
-    torch.testing.assert_close(y, y_eager)
-    for a, b in zip(grads, grads_eager):
-        torch.testing.assert_close(a, b)
-
-
-def test_compile_fullgraph_layer():
-    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1))
-    _compile_check(layer, torch.randn(2, 4, 8, 8, requires_grad=True))
-
-
-@pytest.mark.slow
-def test_compile_fullgraph_qresnet():
-    model = create_model('qresnet8')
-    _compile_check(model, torch.randn(2, 3, 16, 16))
+def test_layers_are_quadratic_layers_and_deepcopy():
+    layer, x = _make('conv2d_groups', 'lowrank(rank=2)')
+    assert isinstance(layer, QuadraticLayer) and 'neuron=lowrank(rank=2)' in repr(layer)
+    twin = copy.deepcopy(layer)
+    torch.testing.assert_close(twin(x), layer(x), rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_cuda_fused_bf16_and_cuda_graph():
+def test_cuda_matches_cpu_bf16_and_cuda_graph():
     dev = 'cuda'
-    layer = _randomize(QuadraticConv2d(16, 32, 3, padding=1)).to(dev)
-    # captured below: a copy no eager forward has touched (H100, torch 2.11: a graph-building forward on the
-    # default stream before the capture fails it, the reference path alike: cudaErrorStreamCaptureImplicit)
-    captured = copy.deepcopy(layer)
-    x = torch.randn(8, 16, 16, 16, device=dev, requires_grad=True)
-    y, y_ref = layer(x), layer.forward_reference(x)
-    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    layer = _randomize(QuadraticConv2d(16, 32, 3, padding=1))
+    x = torch.randn(8, 16, 16, 16)
+    want = layer(x)
+    # captured below: a copy no eager forward has touched (a graph-building forward on the default stream
+    # before the capture fails it: cudaErrorStreamCaptureImplicit)
+    captured = copy.deepcopy(layer).to(dev)
+    layer = layer.to(dev)
+    xd = x.to(dev).requires_grad_()
+    torch.testing.assert_close(layer(xd).cpu(), want, rtol=1e-4, atol=1e-4)
     with torch.autocast('cuda', dtype=torch.bfloat16):
-        yb = layer(x)
-    assert yb.dtype == torch.bfloat16
-    # a forward+backward captured in a CUDA graph (no host syncs in the fused path)
-    layer = captured
-    static_x = x.detach().clone().requires_grad_()
+        assert layer(xd).dtype == torch.bfloat16
+    static_x = xd.detach().clone().requires_grad_()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for _ in range(3):
-            layer.zero_grad(set_to_none=False)
-            layer(static_x).square().sum().backward()
+            captured.zero_grad(set_to_none=False)
+            captured(static_x).square().sum().backward()
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
-    layer.zero_grad(set_to_none=False)
+    captured.zero_grad(set_to_none=False)
     with torch.cuda.graph(graph):
-        layer(static_x).square().sum().backward()
+        captured(static_x).square().sum().backward()
     static_x.data.copy_(torch.randn_like(static_x))
-    layer.zero_grad(set_to_none=False)
+    captured.zero_grad(set_to_none=False)
     graph.replay()
-    want = torch.autograd.grad(layer.forward_reference(static_x).square().sum(), list(layer.parameters()))
-    for p, w in zip(layer.parameters(), want):
+    want = torch.autograd.grad(_reference(captured, static_x).square().sum(), list(captured.parameters()))
+    for p, w in zip(captured.parameters(), want):
         torch.testing.assert_close(p.grad, w, rtol=1e-3, atol=1e-3)
-
-
-@pytest.mark.parametrize('family', FAMILIES)
-@pytest.mark.parametrize('case', [c for c in FUNCTION_CASES if 'groups' not in c])
-def test_unstacked_x_terms_match_reference(case, family, monkeypatch):
-    """The x terms as separate calls (automatic on CPU in channels_last; forced here)."""
-    from qzoo import layers
-    monkeypatch.setattr(layers, '_STACK_X_TERMS', False)
-    layer, x = _make(case, family)
-    _assert_matches_reference(layer, x)
-    if (case, family) in (('conv2d', 'fan'), ('convT1d', 'lowrank(rank=2)'), ('linear', 'quadralib')):
-        f, inputs = _as_function_of_params(layer, x[:1].detach().requires_grad_())
-        assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
-        assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
-
-
-def test_unstacked_compiles_fullgraph(monkeypatch):
-    from qzoo import layers
-    monkeypatch.setattr(layers, '_STACK_X_TERMS', False)
-    layer = _randomize(QuadraticConv2d(4, 8, 3, padding=1))
-    _compile_check(layer, torch.randn(2, 4, 8, 8, requires_grad=True))

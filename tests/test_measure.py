@@ -38,7 +38,7 @@ def test_conventional_macs_match_torch_flop_counter(name, kw, shape):
 
 
 def test_quadratic_macs_cover_flop_counter_convs():
-    """Fused quadratic model: the flop counter sees the stacked convs; qzoo adds x*x and r*g."""
+    """The flop counter sees each term's conv; qzoo adds x*x and r*g."""
     model = qzoo.create_model('qresnet8', width=4).eval()
     x = torch.randn(1, 3, 32, 32)
     extras = 0

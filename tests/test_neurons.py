@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import qzoo
 from qzoo import QuadraticLinear, get_neuron, list_neurons
-from qzoo.neurons import NEURONS
+from qzoo.neurons import NEURONS, NeuronFamily, Term
 
 
 def _rand_layer(neuron, bias=True):
@@ -47,7 +48,6 @@ def test_family_matches_hand_formula(name):
     x = torch.randn(7, 5, dtype=torch.float64)
     want = HAND[name](layer, x)
     torch.testing.assert_close(layer(x), want, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(layer.forward_reference(x), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize('rank', [1, 3])
@@ -121,3 +121,48 @@ def test_lowrank_relinear_starts_off_the_stationary_point():
     q = layer.terms['q'].weight
     assert q.abs().max() > 0
     assert q.abs().max() < 0.05 * layer.terms['w'].weight.abs().max()
+
+
+class _Bilinear(NeuronFamily):
+    """A family defined outside qzoo: (U x) * (V x*x) + W x + b."""
+    name = 'bilinear_test'
+    formula = '(U x) * (V (x*x)) + W x + b'
+    citation = 'test only'
+    terms = (Term('u', 'x', False, True), Term('v', 'sq', False, True), Term('w', 'x', True, False))
+    linear_term = 'w'
+
+    def combine(self, t, ch, bias_of):
+        return torch.addcmul(t['w'], t['u'], t['v'])
+
+
+def test_a_new_family_needs_nothing_in_the_layers():
+    """The family's terms and combine are all a layer uses: a new family runs on every layer type,
+    traces with torch.fx and has gradients, with no change to qzoo.layers."""
+    fam = _Bilinear()
+    conv = qzoo.QuadraticConv1d(3, 4, 3, padding=1, neuron=fam, init='default').double()
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.normal_()
+    x = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    want = conv.conv_u(x) * conv.conv_v(x * x) + conv.conv_w(x)
+    torch.testing.assert_close(conv(x), want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(conv, (x,), fast_mode=True)
+    gm = torch.fx.symbolic_trace(torch.nn.Sequential(conv))
+    torch.testing.assert_close(gm(x), want, rtol=1e-12, atol=1e-12)
+    assert set(QuadraticLinear(5, 4, neuron=fam).state_dict()) == {'linear_u.weight', 'linear_v.weight',
+                                                                   'linear_w.weight', 'linear_w.bias'}
+    assert QuadraticLinear(5, 4, neuron=fam, init='linear').linear_u.weight.abs().sum() == 0
+
+
+def test_combine_takes_the_channel_dim_from_the_end():
+    """lowrank sums its K squares per channel whatever the layout: (N, C*K), (N, L, C*K), (N, C*K, H, W)
+    and unbatched (C*K, H, W) all give the same numbers."""
+    fam = get_neuron('lowrank(rank=2)')
+    q = torch.randn(3, 8, 5, 5)  # (N, C*K, H, W), C = 4
+    w = torch.zeros(3, 4, 5, 5)
+    conv = fam.combine({'q': q, 'w': w}, -3, lambda name: None)
+    want = q.view(3, 4, 2, 5, 5).square().sum(2)
+    assert torch.equal(conv, want)
+    assert torch.equal(fam.combine({'q': q[0], 'w': w[0]}, -3, lambda name: None), want[0])
+    last = fam.combine({'q': q.movedim(1, -1), 'w': w.movedim(1, -1)}, -1, lambda name: None)
+    assert torch.equal(last, want.movedim(1, -1))

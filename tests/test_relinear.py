@@ -49,3 +49,10 @@ def test_frozen_parameters_are_left_out():
     model.head.linear_g.weight.requires_grad_(False)
     ids = {id(p) for g in param_groups(model, lr=1.0) for p in g['params']}
     assert id(model.head.linear_g.weight) not in ids
+
+
+def test_groups_hold_only_what_torch_and_the_engine_read():
+    """Each group is torch's params/lr/weight_decay plus its role name; the scheduler (LambdaLR) scales
+    each group's own initial lr, so nothing else is carried."""
+    for g in param_groups(qzoo.create_model('qmlp'), lr=0.1, weight_decay=1e-4, quad_lr_scale=0.1):
+        assert set(g) == {'name', 'params', 'lr', 'weight_decay'}
