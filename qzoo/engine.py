@@ -1,280 +1,174 @@
 """The training engine behind ``recipes/train.py``: one loop for every zoo model.
 
-A run reads a YAML recipe (plus ``key=value`` overrides), trains with ReLinear
-parameter groups, selects the published weights on the *validation* split (or
-takes the last epoch), evaluates the test split once, and writes a folder ready
-to publish::
+:func:`train` runs a :class:`~qzoo.recipe.Recipe` into a run folder: it trains with ReLinear
+parameter groups, selects the published weights on the *validation* split (or takes the last
+epoch), evaluates the test split once, and writes a folder ready to publish::
 
     model.safetensors  config.json  README.md   (qzoo.hub.save_pretrained)
-    results.json       recipe.yaml  log.jsonl   last.ckpt (resume state)
+    results.json       recipe.yaml  log.jsonl   last.ckpt (resume state)  best.safetensors  train.lock
 
-Exactness: data order and augmentation depend only on (seed, epoch), the
-global RNG state is checkpointed, so 2 epochs straight == 1 + ``--resume`` + 1
-(same weights). Checkpoints are written atomically; a non-finite loss stops
-the run and leaves the last good checkpoint in place.
+Read top to bottom: set-up (:func:`_build`), one epoch (:func:`_train_epoch`), the end of an
+epoch (:func:`_end_epoch`: validation, log, checkpoint, best weights), selection and the finish
+(:func:`_finish`).
+
+Guarantees: data order and augmentation depend only on (seed, epoch) and the RNG state is
+checkpointed, so 2 epochs straight == 1 + ``resume`` + 1 (same weights). The run folder is locked
+(``train.lock``) while a run uses it. Every file is written atomically, and an I/O failure raises
+:class:`~qzoo.errors.RunDirError` / :class:`~qzoo.errors.CheckpointWriteError` naming the path and
+the fix; a non-finite loss raises :class:`~qzoo.errors.TrainingDiverged` and keeps the last good
+checkpoint; a checkpoint that cannot be resumed raises :class:`~qzoo.errors.CheckpointError`.
+On resume the log is cut back to the checkpoint's epoch.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import hashlib
 import json
 import math
 import os
+import pickle
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-import yaml
 from torch import nn
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: run folders are not locked
+    fcntl = None
+
 from . import __version__
+from .errors import CheckpointError, CheckpointWriteError, RecipeError, RunDirError, TrainingDiverged
+from .fileio import atomic_open, atomic_write_json, atomic_write_text
 from .measure import count_macs, count_params
-from .errors import CheckpointWriteError, RecipeError, TrainingDiverged
+from .metrics import Metrics, autocast, evaluate, loss_fn
+from .recipe import Recipe, load_recipe
 from .relinear import param_groups
 
-__all__ = ['DEFAULTS', 'load_recipe', 'train', 'TrainingDiverged', 'CheckpointWriteError', 'RecipeError', 'evaluate', 'Metrics']
+__all__ = ['train', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged', 'CheckpointWriteError', 'CheckpointError',
+           'RecipeError', 'RunDirError']
 
-DEFAULTS: Dict[str, Any] = dict(
-    name=None,                 # run name; default <model>-<data>
-    model=None,                # qzoo model name
-    model_args={},             # kwargs for qzoo.create_model
-    data=None,                 # dataset name (qzoo.data)
-    data_args={},              # kwargs for qzoo.data.load_dataset
-    epochs=10,
-    batch_size=128,            # global batch (split across DDP ranks)
-    eval_batch_size=1024,
-    optimizer='sgd',           # sgd | adamw
-    lr=0.1,
-    momentum=0.9,
-    nesterov=True,
-    betas=[0.9, 0.999],
-    weight_decay=5.0e-4,
-    quad_lr_scale=1.0,         # ReLinear: lr scale of quadratic-only terms
-    quad_weight_decay=None,    # ReLinear: their weight decay (default weight_decay)
-    schedule='cosine',         # cosine | constant
-    warmup_epochs=0.0,
-    min_lr_ratio=0.0,
-    label_smoothing=0.0,
-    grad_clip=None,            # max grad norm
-    select='best_val',         # best_val | last: which weights are published
-    amp='auto',                # auto (bf16 on CUDA) | bf16 | off
-    channels_last='auto',
-    compile=False,
-    seed=0,
-    deterministic=False,
-    device='auto',
-    nan_check_every=50,        # steps between (synchronising) non-finite loss checks
-    fault={},                  # fault injection for tests, not part of the recipe: nan_at_step, stop_after_epoch,
-                               # pause_at_step (sleep there, for kill -9 tests), fail_save_at_epoch (disk full)
-    smoke={'train': 64, 'val': 32, 'test': 32, 'epochs': 1, 'batch_size': 16},
-)
+CKPT, BEST, LOG, LOCK = 'last.ckpt', 'best.safetensors', 'log.jsonl', 'train.lock'
+CKPT_KEYS = ('model', 'optimizer', 'scheduler', 'epoch', 'best', 'best_epoch', 'rng', 'recipe_sha256', 'wall_time_s')
 
 
-# ---- recipes --------------------------------------------------------------------------------
-def _parse_override(item: str):
-    if '=' not in item:
-        raise RecipeError(f'override {item!r} must be key=value (dotted keys for nested values, e.g. model_args.width=8)')
-    key, value = item.split('=', 1)
-    return key.strip(), yaml.safe_load(value)
+# ---- the run folder -------------------------------------------------------------------------
+class RunDir:
+    """A run's output folder: created if needed, locked against a second run (``fcntl.flock`` on
+    ``train.lock``, which holds the owner's pid), every write atomic, every I/O error raised as
+    RunDirError / CheckpointWriteError naming the path and the fix. ``lock=False`` (DDP ranks
+    other than 0) neither creates nor locks the folder."""
 
+    def __init__(self, path, lock: bool = True):
+        self.path = Path(path)
+        self._fd: Optional[int] = None
+        self._log: List[str] = []
+        if lock:
+            self._create()
+            self._lock()
 
-def _set_dotted(cfg: Dict, key: str, value) -> None:
-    parts = key.split('.')
-    if parts[0] not in DEFAULTS:
-        raise RecipeError(f'unknown recipe key {parts[0]!r}; valid keys: {", ".join(DEFAULTS)}')
-    d = cfg
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-        if not isinstance(d, dict):
-            raise RecipeError(f'cannot set {key}: {p} is not a mapping')
-    d[parts[-1]] = value
-
-
-def _read_yaml(path: Path) -> Dict:
-    if not path.is_file():
-        raise RecipeError(f'recipe {path} not found (recipes live in recipes/<task>/<model>.yaml)')
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise RecipeError(f'recipe {path} must be a YAML mapping')
-    base = data.pop('base', None)
-    if base:
-        parent = _read_yaml((path.parent / base).resolve())
-        for k, v in data.items():
-            if isinstance(v, dict) and isinstance(parent.get(k), dict):
-                parent[k] = {**parent[k], **v}
-            else:
-                parent[k] = v
-        data = parent
-    return data
-
-
-_INT_KEYS = ('epochs', 'batch_size', 'eval_batch_size', 'seed', 'nan_check_every')
-_FLOAT_KEYS = ('lr', 'momentum', 'weight_decay', 'quad_lr_scale', 'quad_weight_decay', 'warmup_epochs', 'min_lr_ratio',
-               'label_smoothing', 'grad_clip')
-_NULLABLE = ('quad_weight_decay', 'grad_clip')
-
-
-def _number(key: str, v):
-    """A numeric recipe value; YAML reads '1e-4' (no dot) as a string, so numeric strings are converted."""
-    if v is None and key in _NULLABLE:
-        return None
-    if isinstance(v, str):
+    def _create(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f'the run folder {self.path} is a file; give --out a folder path (or move the file away)')
         try:
-            v = float(v)
-        except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-        raise RecipeError(f'{key} must be a number, got {v!r}')
-    if key in _INT_KEYS:
-        if v != int(v):
-            raise RecipeError(f'{key} must be a whole number, got {v!r}')
-        return int(v)
-    return v
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f'cannot create the run folder {self.path}: {e.strerror or e}. Fix: choose an --out '
+                              'in a writable place') from None
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f'cannot write in the run folder {self.path} ({lock}: {e.strerror or e}). Fix: make it '
+                              'writable or choose another --out') from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'unknown'
+            os.close(fd)
+            raise RunDirError(f'the run folder {self.path} is in use by another training run (pid {holder}, lock '
+                              f'{lock}). Fix: wait for that run to end or stop it, or give this run another --out'
+                              ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise RunDirError(f'cannot write in the run folder {self.path} ({lock}: {e.strerror or e}). Fix: free disk '
+                              'space, make it writable or choose another --out') from None
+        self._fd = fd
+
+    def close(self) -> None:
+        """Release the lock (the lock file stays: removing it would race with a waiting run)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> 'RunDir':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> None:
+        try:
+            atomic_write_text(self.path / name, text)
+        except OSError as e:
+            raise self.write_error(name, e) from e
+
+    def write_json(self, name: str, obj: Any) -> None:
+        try:
+            atomic_write_json(self.path / name, obj)
+        except OSError as e:
+            raise self.write_error(name, e) from e
+
+    def write_error(self, name: str, e: OSError, what: str = '') -> CheckpointWriteError:
+        path = self.path / name
+        return CheckpointWriteError(f'could not write {what or path.name} {path} ({e.strerror or e}); the previous '
+                                    f'version of the file, if any, is intact. Fix: free disk space or fix the '
+                                    f'permissions of {self.path}, then run again with --resume')
+
+    def start_log(self, upto_epoch: Optional[int]) -> None:
+        """An empty log (a new run), or the existing one without epochs after ``upto_epoch`` (a resume: a run
+        stopped after logging an epoch whose checkpoint was not written repeats that epoch)."""
+        self._log = []
+        try:
+            old = self.file(LOG).read_text() if upto_epoch is not None and self.file(LOG).is_file() else ''
+        except (OSError, UnicodeDecodeError) as e:
+            raise RunDirError(f'cannot read {self.file(LOG)} to resume it ({e}). Fix: make it readable, or delete it '
+                              '(the resumed run then logs only its own epochs)') from None
+        if old:
+            for line in old.splitlines(keepends=True):
+                try:
+                    if json.loads(line)['epoch'] > upto_epoch:
+                        break
+                except (ValueError, KeyError, TypeError):
+                    break  # a line cut by a crash, or not ours: drop it and what follows
+                self._log.append(line if line.endswith('\n') else line + '\n')
+        self.write_text(LOG, ''.join(self._log))
+
+    def log(self, record: Dict[str, Any]) -> None:
+        """Append one epoch's record to log.jsonl (the whole file is replaced atomically)."""
+        self._log.append(json.dumps(record) + '\n')
+        try:
+            atomic_write_text(self.file(LOG), ''.join(self._log))
+        except OSError as e:
+            self._log.pop()
+            raise CheckpointWriteError(
+                f'could not append epoch {record.get("epoch")} to {self.file(LOG)} ({e.strerror or e}); the log up to '
+                f'the previous epoch is intact. Fix: free disk space or fix the permissions of {self.path}, then run '
+                'again with --resume') from e
 
 
-def load_recipe(path=None, overrides: Sequence[str] = (), **values) -> Dict[str, Any]:
-    """Defaults <- YAML file (with ``base:`` inheritance) <- ``values`` <- ``key=value`` overrides."""
-    cfg = copy.deepcopy(DEFAULTS)
-    layers = [_read_yaml(Path(path))] if path else []
-    layers.append(values)
-    for layer in layers:
-        for k, v in layer.items():
-            if k not in DEFAULTS:
-                raise RecipeError(f'unknown recipe key {k!r}; valid keys: {", ".join(DEFAULTS)}')
-            cfg[k] = ({**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg[k], dict) and k != 'model_args'
-                      else v)
-    for item in overrides:
-        _set_dotted(cfg, *_parse_override(item))
-    for key in ('model', 'data'):
-        if not cfg[key]:
-            raise RecipeError(f'recipe needs {key!r}')
-    for key in _INT_KEYS + _FLOAT_KEYS:
-        cfg[key] = _number(key, cfg[key])
-    if cfg['select'] not in ('best_val', 'last'):
-        raise RecipeError(f"select must be 'best_val' or 'last', got {cfg['select']!r}")
-    if cfg['optimizer'] not in ('sgd', 'adamw'):
-        raise RecipeError(f"optimizer must be 'sgd' or 'adamw', got {cfg['optimizer']!r}")
-    if cfg['schedule'] not in ('cosine', 'constant'):
-        raise RecipeError(f"schedule must be 'cosine' or 'constant', got {cfg['schedule']!r}")
-    cfg['name'] = cfg['name'] or f"{cfg['model']}-{cfg['data']}"
-    return cfg
-
-
-def recipe_text(cfg: Dict[str, Any]) -> str:
-    """The resolved recipe as YAML (fault-injection hooks left out)."""
-    return yaml.safe_dump({k: v for k, v in cfg.items() if k != 'fault'}, sort_keys=True)
-
-
-# ---- metrics --------------------------------------------------------------------------------
-class Metrics:
-    """Accumulates a task's metrics over batches (on the device; one sync at the end)."""
-
-    PRIMARY = {'classification': ('top1', True), 'segmentation': ('iou', True), 'regression': ('mse', False)}
-
-    def __init__(self, task: str, num_classes: int, device):
-        self.task, self.num_classes = task, num_classes
-        self.nonfinite = torch.zeros((), dtype=torch.long, device=device)
-        if task == 'classification':
-            self.conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-            self.top5 = torch.zeros((), dtype=torch.long, device=device)
-        else:
-            self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-
-    def update(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        out = out.float()
-        self.nonfinite += (~torch.isfinite(out)).flatten(1).any(1).sum()
-        if self.task == 'classification':
-            pred = out.argmax(1)
-            self.conf += torch.bincount(y * self.num_classes + pred, minlength=self.num_classes ** 2
-                                        ).view(self.num_classes, self.num_classes)
-            if self.num_classes > 5:
-                self.top5 += (out.topk(5, 1).indices == y[:, None]).any(1).sum()
-        elif self.task == 'segmentation':
-            pred = (out > 0) if out.shape[1] == 1 else out.argmax(1, keepdim=True).bool()
-            t = y.bool()
-            inter = (pred & t).flatten(1).sum(1).double()
-            union = (pred | t).flatten(1).sum(1).double()
-            size = (pred.flatten(1).sum(1) + t.flatten(1).sum(1)).double()
-            iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-            dice = torch.where(size > 0, 2 * inter / size.clamp(min=1), torch.ones_like(size))
-            self.sums += torch.stack([iou.sum(), dice.sum(), torch.tensor(float(len(iou)), device=iou.device,
-                                                                          dtype=torch.float64)])
-        else:
-            err = (out.view(len(out), -1) - y.view(len(y), -1).float()).pow(2).mean(1).double()
-            self.sums += torch.stack([err.sum(), torch.zeros((), device=err.device, dtype=torch.float64),
-                                      torch.tensor(float(len(err)), device=err.device, dtype=torch.float64)])
-
-    def compute(self) -> Dict[str, float]:
-        """The task's metrics; ``nonfinite`` (samples with a NaN/inf output) is added when not zero."""
-        res = self._compute()
-        bad = int(self.nonfinite.item())
-        if bad:
-            res['nonfinite'] = bad
-        return res
-
-    def _compute(self) -> Dict[str, float]:
-        if self.task == 'classification':
-            c = self.conf.double().cpu()
-            tp = c.diag()
-            acc = (tp.sum() / c.sum().clamp(min=1)).item()
-            prec = tp / c.sum(0).clamp(min=1)
-            rec = tp / c.sum(1).clamp(min=1)
-            f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec).clamp(min=1e-12), torch.zeros_like(tp))
-            present = c.sum(1) > 0
-            res = {'top1': 100 * acc, 'macro_f1': 100 * f1[present].mean().item() if present.any() else 0.0}
-            if self.num_classes > 5:
-                res['top5'] = 100 * self.top5.item() / max(1, c.sum().item())
-            return res
-        s = self.sums.cpu()
-        n = max(s[2].item(), 1)
-        if self.task == 'segmentation':
-            return {'iou': 100 * s[0].item() / n, 'dice': 100 * s[1].item() / n}
-        return {'mse': s[0].item() / n}
-
-    @classmethod
-    def primary(cls, task: str):
-        return cls.PRIMARY[task]
-
-
-def _loss_fn(task: str, label_smoothing: float):
-    if task == 'classification':
-        return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
-    if task == 'segmentation':
-        def seg(out, y):
-            if out.shape[1] == 1:
-                return F.binary_cross_entropy_with_logits(out, y.to(out.dtype))
-            return F.cross_entropy(out, y.squeeze(1).long())
-        return seg
-    return lambda out, y: F.mse_loss(out.view(len(out), -1), y.view(len(y), -1).to(out.dtype))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, task: str, num_classes: int, device, amp_dtype=None) -> Dict[str, float]:
-    """Metrics of ``model`` over ``loader``."""
-    was = model.training
-    model.eval()
-    m = Metrics(task, num_classes, device)
-    for x, y in loader:
-        with _autocast(device, amp_dtype):
-            out = model(x)
-        m.update(out, y)
-    model.train(was)
-    return m.compute()
-
-
-def _autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-# ---- distributed & device ----------------------------------------------------------------
+# ---- distributed & device -------------------------------------------------------------------
 @dataclass
 class Dist:
     rank: int = 0
@@ -311,23 +205,126 @@ def _device_name(device: torch.device) -> str:
     return f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
 
 
-# ---- checkpoints ---------------------------------------------------------------------------
-def _atomic_save(obj, path: Path, fail: bool = False) -> None:
-    """Write to a temp file, fsync, then rename over ``path``: a crash or a failed write
-    (disk full, permissions) leaves the previous checkpoint intact."""
-    tmp = path.with_name(path.name + '.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            if fail:  # fault injection: the disk fills up after a partial write
-                raise OSError(28, 'No space left on device (injected)', str(tmp))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+# ---- set-up ---------------------------------------------------------------------------------
+@dataclass
+class _Setup:
+    """Everything a run builds before its first step."""
+    recipe: Recipe
+    dist: Dist
+    device: torch.device
+    ds: Any
+    train_loader: Any
+    val_loader: Any
+    test_loader: Any
+    model: nn.Module
+    net: nn.Module                   # the model as trained: DDP- and/or compile-wrapped
+    opt: torch.optim.Optimizer
+    sched: Any
+    loss: Any
+    amp_dtype: Optional[torch.dtype]
+    channels_last: bool
+    params: int
+    macs: int
+    sample_shape: Tuple[int, ...]
+
+    def evaluate(self, loader) -> Dict[str, float]:
+        return evaluate(self.model, loader, self.ds.task, self.ds.num_classes, self.device, self.amp_dtype)
+
+
+def _smoke_slice(split, n: Optional[int]):
+    """A seeded random subset of ``n`` samples (splits may be stored sorted by class)."""
+    if split is None or n is None:
+        return split
+    idx = torch.randperm(len(split.x), generator=torch.Generator().manual_seed(0))[:n]
+    return type(split)(split.x[idx], split.y[idx])
+
+
+def _data(r: Recipe, dist: Dist, device: torch.device, smoke: bool):
+    """The dataset (a smoke slice of it with ``smoke``) and its train / val / test loaders."""
+    from .data import BatchLoader, load_dataset
+    ds = load_dataset(r.data, **r.data_args)
+    if smoke:
+        ds.train, ds.val, ds.test = (_smoke_slice(getattr(ds, k), r.smoke[k]) for k in ('train', 'val', 'test'))
+    train_loader = BatchLoader(ds.train, max(1, r.batch_size // dist.world_size), shuffle=True, seed=r.seed,
+                               device=device, augment=ds.augment, normalize=ds.normalize,
+                               drop_last=len(ds.train.x) >= r.batch_size, rank=dist.rank, world_size=dist.world_size)
+    eval_kw = dict(shuffle=False, device=device, normalize=ds.normalize)  # every rank sees the whole split
+    return ds, train_loader, BatchLoader(ds.val, r.eval_batch_size, **eval_kw), BatchLoader(ds.test, r.eval_batch_size,
+                                                                                            **eval_kw)
+
+
+def _lr_lambda(r: Recipe, steps_per_epoch: int):
+    total = max(1, r.epochs * steps_per_epoch)
+    warm = int(round(r.warmup_epochs * steps_per_epoch))
+    floor = r.min_lr_ratio
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if r.schedule == 'constant':
+            return 1.0
+        t = (step - warm) / max(1, total - warm)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return f
+
+
+def _optimizer(r: Recipe, model: nn.Module, steps_per_epoch: int):
+    groups = param_groups(model, r.lr, r.weight_decay, r.quad_lr_scale, r.quad_weight_decay)
+    if r.optimizer == 'sgd':
+        opt = torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov)
+    else:
+        opt = torch.optim.AdamW(groups, lr=r.lr, betas=tuple(r.betas))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(r, steps_per_epoch))
+
+
+def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool) -> _Setup:
+    """Seed, backends, data, model, optimiser and schedule, in the order that fixes the RNG stream."""
+    import qzoo
+    if r.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    elif device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(r.seed)
+    ds, train_loader, val_loader, test_loader = _data(r, dist, device, smoke)
+    model = qzoo.create_model(r.model, num_classes=ds.num_classes, in_chans=ds.in_shape[0], **r.model_args)
+    sample_shape = (1, *ds.in_shape)
+    params, macs = count_params(model), count_macs(model, sample_shape)
+    model.to(device)
+    cl = r.channels_last is True or (r.channels_last == 'auto' and device.type == 'cuda' and len(ds.in_shape) == 3)
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    opt, sched = _optimizer(r, model, len(train_loader))
+    net = model
+    if dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    if r.compile:
+        net = torch.compile(net)
+    amp_dtype = torch.bfloat16 if (r.amp == 'bf16' or (r.amp == 'auto' and device.type == 'cuda')) else None
+    return _Setup(r, dist, device, ds, train_loader, val_loader, test_loader, model, net, opt, sched,
+                  loss_fn(ds.task, r.label_smoothing), amp_dtype, cl, params, macs, sample_shape)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+@dataclass
+class _Progress:
+    """What survives an epoch: the next epoch, the best validation score so far and its epoch, and the
+    training wall time of earlier sessions of this run."""
+    start_epoch: int = 0
+    best: Optional[float] = None
+    best_epoch: Optional[int] = None
+    wall_before: float = 0.0
+    session_start: float = 0.0       # time.time() when this session's first epoch began
+
+    def wall(self) -> float:
+        """Training wall time of the run so far, earlier sessions included."""
+        return self.wall_before + time.time() - self.session_start
 
 
 def _rng_state(device) -> Dict[str, torch.Tensor]:
@@ -343,239 +340,277 @@ def _set_rng_state(s, device) -> None:
         torch.cuda.set_rng_state(s['cuda'], device)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, '_orig_mod', model)
-    return getattr(model, 'module', model)
+def _save_checkpoint(run: RunDir, state: Dict[str, Any]) -> None:
+    """Write the resume state atomically: a crash or a failed write leaves the previous checkpoint intact."""
+    path = run.file(CKPT)
+    try:
+        with atomic_open(path, 'wb') as f:
+            torch.save(state, f)
+    except OSError as e:
+        epoch = state['epoch']
+        raise CheckpointWriteError(
+            f'{path.parent.name}: could not write the epoch-{epoch} checkpoint {path} ({e}); '
+            + (f'the previous checkpoint (epoch {epoch - 1}) is intact' if path.exists() else
+               'no earlier checkpoint exists') + '. Fix: free disk space / fix permissions, then --resume') from e
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def _first_words(e: Exception, lines: int = 1) -> str:
+    """The start of an exception's message: its first line(s), cut at the first sentence over 200 characters."""
+    text = ' '.join(l.strip() for l in str(e).strip().splitlines()[:lines] if l.strip())
+    return text if len(text) <= 200 else text[:text.find('. ', 0, 200) + 1 or 200]
 
 
-# ---- the loop -----------------------------------------------------------------------------
-def _lr_lambda(cfg, steps_per_epoch: int):
-    total = max(1, cfg['epochs'] * steps_per_epoch)
-    warm = int(round(cfg['warmup_epochs'] * steps_per_epoch))
-    floor = cfg['min_lr_ratio']
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg['schedule'] == 'constant':
-            return 1.0
-        t = (step - warm) / max(1, total - warm)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-    return f
-
-
-def _smoke_slice(split, n: int):
-    """A seeded random subset of ``n`` samples (splits may be stored sorted by class)."""
-    if split is None or n is None:
-        return split
-    idx = torch.randperm(len(split.x), generator=torch.Generator().manual_seed(0))[:n]
-    return type(split)(split.x[idx], split.y[idx])
-
-
-def train(cfg: Dict[str, Any], out_dir, resume: bool = False, smoke: bool = False,
-          recipe_path: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
-    """Run recipe ``cfg`` into ``out_dir``; returns the results dict (also results.json)."""
-    import qzoo
-    from qzoo.data import BatchLoader, load_dataset
-    from qzoo.hub import load_weights, save_pretrained, save_weights
-
-    cfg = copy.deepcopy(cfg)
-    if smoke:
-        sm = cfg['smoke']
-        cfg.update(epochs=sm.get('epochs', 1), batch_size=min(cfg['batch_size'], sm.get('batch_size', 16)),
-                   eval_batch_size=min(cfg['eval_batch_size'], 64), device='cpu', compile=False, amp='off')
-    out = Path(out_dir)
-    dist = _setup_dist(cfg['device'])
-    device = _device(cfg['device'], dist)
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-    text = recipe_text(cfg)
-    sha = _sha256(text)
-    amp_dtype = torch.bfloat16 if (cfg['amp'] == 'bf16' or (cfg['amp'] == 'auto' and device.type == 'cuda')) else None
-    if cfg['deterministic']:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-    elif device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True
-    torch.manual_seed(cfg['seed'])
-
-    # data
-    ds = load_dataset(cfg['data'], **cfg['data_args'])
-    if smoke:
-        ds.train, ds.val, ds.test = (_smoke_slice(ds.train, sm.get('train')), _smoke_slice(ds.val, sm.get('val')),
-                                     _smoke_slice(ds.test, sm.get('test')))
-    per_rank = max(1, cfg['batch_size'] // dist.world_size)
-    train_loader = BatchLoader(ds.train, per_rank, shuffle=True, seed=cfg['seed'], device=device,
-                               augment=ds.augment, normalize=ds.normalize,
-                               drop_last=len(ds.train.x) >= cfg['batch_size'], rank=dist.rank,
-                               world_size=dist.world_size)
-    eval_kw = dict(shuffle=False, device=device, normalize=ds.normalize)  # every rank sees the whole split
-    val_loader = BatchLoader(ds.val, cfg['eval_batch_size'], **eval_kw)
-    test_loader = BatchLoader(ds.test, cfg['eval_batch_size'], **eval_kw)
-
-    # model & optimiser
-    model = qzoo.create_model(cfg['model'], num_classes=ds.num_classes, in_chans=ds.in_shape[0], **cfg['model_args'])
-    params, sample_shape = count_params(model), (1, *ds.in_shape)
-    macs = count_macs(model, sample_shape)
-    model.to(device)
-    cl = cfg['channels_last'] == True or (cfg['channels_last'] == 'auto' and device.type == 'cuda'
-                                          and len(ds.in_shape) == 3)
-    if cl:
-        model.to(memory_format=torch.channels_last)
-    groups = param_groups(model, cfg['lr'], cfg['weight_decay'], cfg['quad_lr_scale'], cfg['quad_weight_decay'])
-    if cfg['optimizer'] == 'sgd':
-        opt = torch.optim.SGD(groups, lr=cfg['lr'], momentum=cfg['momentum'], nesterov=cfg['nesterov'])
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    """CheckpointError for a file torch.load refused; torch's advice to load it unsafely is left out."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and 'WeightsUnpickler error:' in text:
+        detail = [l.strip() for l in text.split('WeightsUnpickler error:', 1)[1].splitlines() if l.strip()]
+        why = ('the safe loader refused it: ' + (detail[0].split('. ')[0] if detail else 'unsupported content')
+               + '; a training checkpoint holds only tensors, numbers and plain containers')
     else:
-        opt = torch.optim.AdamW(groups, lr=cfg['lr'], betas=tuple(cfg['betas']))
-    steps_per_epoch = len(train_loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
-    net = model
-    if dist.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    if cfg['compile']:
-        net = torch.compile(net)
-    loss_fn = _loss_fn(ds.task, cfg['label_smoothing'])
-    primary, higher = Metrics.primary(ds.task)
+        first = _first_words(e)
+        why = type(e).__name__ + (f': {first}' if first and 'weights' not in first.lower() else '')
+    return CheckpointError(f'--resume: {path} cannot be read as a training checkpoint ({why}); it is corrupt, '
+                           f'truncated or not written by qzoo. {_CKPT_FIX.format(path=path)}')
 
-    # state / resume
-    ckpt_path, best_path = out / 'last.ckpt', out / 'best.safetensors'
-    start_epoch, best, best_epoch, wall_before = 0, None, None, 0.0
-    if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f'--resume: no checkpoint at {ckpt_path}; start without --resume')
-        state = torch.load(ckpt_path, map_location='cpu', weights_only=True)
-        if state['recipe_sha256'] != sha:
-            raise RecipeError(f'--resume: {ckpt_path} was written by a different recipe (sha256 '
-                              f'{state["recipe_sha256"][:12]} vs {sha[:12]}); resume with the same recipe and overrides')
-        model.load_state_dict(state['model'])
-        opt.load_state_dict(state['optimizer'])
-        sched.load_state_dict(state['scheduler'])
-        start_epoch, best, best_epoch = state['epoch'] + 1, state['best'], state['best_epoch']
-        wall_before = state['wall_time_s']
-        _set_rng_state(state['rng'], device)
-    elif dist.main:
-        (out / 'log.jsonl').write_text('')
 
-    def log(rec):
-        if dist.main:
-            with open(out / 'log.jsonl', 'a') as f:
-                f.write(json.dumps(rec) + '\n')
+_CKPT_FIX = 'Fix: delete {path} and train from the start (without --resume), or restore the file from a backup'
 
-    bar = None
-    if progress and dist.main:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg['epochs'], initial=start_epoch, desc=cfg['name'], unit='epoch', leave=False)
-    fault = cfg.get('fault') or {}
-    fault_step = fault.get('nan_at_step')
-    t_start = time.time()
-    global_step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, cfg['epochs']):
-        net.train()
-        train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        n_seen = 0
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        t0 = time.time()
-        for i, (x, y) in enumerate(train_loader):
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp_dtype):
-                outp = net(x)
-                loss = loss_fn(outp, y)
-            if fault_step is not None and global_step == fault_step:
-                loss = loss * float('nan')
-            if fault.get('pause_at_step') == global_step and dist.main:
-                (out / 'paused').write_text(str(global_step))
-                time.sleep(600)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg['grad_clip']:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach().float()
-            n_seen += len(x)
-            global_step += 1
-            last = i + 1 == steps_per_epoch
-            if last or global_step % cfg['nan_check_every'] == 0:
-                bad = (~torch.isfinite(loss_sum)).float()
-                if dist.world_size > 1:
-                    torch.distributed.all_reduce(bad)
-                if bad.item() > 0:
-                    good = (f'the last good checkpoint {ckpt_path} (end of epoch {epoch - 1}) is kept'
-                            if ckpt_path.exists() else 'no checkpoint had been written yet')
-                    raise TrainingDiverged(
-                        f'{cfg["name"]}: non-finite training loss in epoch {epoch} (by step {global_step}); stopped. '
-                        f'{good}. Fix: lower lr or quad_lr_scale, set grad_clip, or check the data; then --resume '
-                        f'continues from the last good epoch')
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        train_time = time.time() - t0
-        val = evaluate(model, val_loader, ds.task, ds.num_classes, device, amp_dtype)
-        score = val[primary]
-        if val.get('nonfinite'):  # NaN/inf outputs: never select this epoch
-            score = -math.inf if higher else math.inf
-        improved = best is None or (score > best if higher else score < best)
-        if improved:
-            best, best_epoch = score, epoch
-            if dist.main and cfg['select'] == 'best_val':
-                save_weights(model.state_dict(), best_path)
-        rec = dict(epoch=epoch, train_loss=(loss_sum / max(1, steps_per_epoch)).item(),
-                   **{f'val_{k}': v for k, v in val.items()}, lr=opt.param_groups[0]['lr'],
-                   img_s=n_seen * dist.world_size / max(train_time, 1e-9), epoch_time_s=train_time,
-                   time=time.time())  # wall clock at the end of the epoch (launch.py --fit-in reads it)
-        log(rec)
-        if dist.main:
-            try:
-                _atomic_save(dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                  epoch=epoch, best=best, best_epoch=best_epoch, rng=_rng_state(device),
-                                  recipe_sha256=sha, wall_time_s=wall_before + time.time() - t_start), ckpt_path,
-                             fail=fault.get('fail_save_at_epoch') == epoch)
-            except OSError as e:
-                raise CheckpointWriteError(
-                    f'{cfg["name"]}: could not write the epoch-{epoch} checkpoint {ckpt_path} ({e}); '
-                    + (f'the previous checkpoint (epoch {epoch - 1}) is intact' if ckpt_path.exists() else
-                       'no earlier checkpoint exists') + '. Fix: free disk space / fix permissions, then --resume') from e
-        if bar is not None:
-            bar.set_postfix({primary: f'{score:.3f}', 'loss': f"{rec['train_loss']:.3f}"})
-            bar.update(1)
-        if fault.get('stop_after_epoch') == epoch:  # simulated interruption (tests)
-            if bar is not None:
-                bar.close()
-            return {'interrupted_after_epoch': epoch}
-    if bar is not None:
-        bar.close()
-    wall = wall_before + time.time() - t_start
 
-    # selection and the one test evaluation (rank 0 only)
-    if dist.world_size > 1:
-        torch.distributed.barrier()
-        if not dist.main:
-            return {}
-    selected_epoch = cfg['epochs'] - 1
-    if cfg['select'] == 'best_val' and best_path.exists():
-        sd, _ = load_weights(best_path)
-        model.load_state_dict(sd)
-        selected_epoch = best_epoch
-    val = evaluate(model, val_loader, ds.task, ds.num_classes, device, amp_dtype)
-    test = evaluate(model, test_loader, ds.task, ds.num_classes, device, amp_dtype)
-    results = dict(
-        model=cfg['model'], model_args=cfg['model_args'], dataset=ds.name, task=ds.task,
-        data_spec=dict(name=cfg['data'], args=cfg['data_args']),
-        neuron=getattr(model, 'neuron', 'linear'), params=params, macs=macs, macs_input=list(sample_shape),
-        val=val, test=test, primary_metric=primary, epochs=cfg['epochs'], selected_epoch=selected_epoch,
-        selection=('best validation ' + primary) if cfg['select'] == 'best_val' else 'last epoch',
-        seed=cfg['seed'], wall_time_s=wall, device=_device_name(device), world_size=dist.world_size,
-        torch=torch.__version__, qzoo=__version__, recipe=recipe_path or '', recipe_sha256=sha,
+def _load_checkpoint(path: Path) -> Dict[str, Any]:
+    """The resume state in ``path``, with its structure checked."""
+    if not path.is_file():
+        raise FileNotFoundError(f'--resume: no checkpoint at {path}; start without --resume')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch.load raises many types for a damaged file
+        raise _unreadable(path, e) from None
+    missing = [k for k in CKPT_KEYS if k not in state] if isinstance(state, dict) else list(CKPT_KEYS)
+    if missing:
+        raise CheckpointError(f'--resume: {path} is not a training checkpoint (missing {", ".join(missing)}). '
+                              + _CKPT_FIX.format(path=path))
+    e = state['epoch']
+    ok = (isinstance(e, int) and e >= 0 and isinstance(state['model'], dict) and isinstance(state['recipe_sha256'], str)
+          and isinstance(state['rng'], dict) and 'cpu' in state['rng'])
+    if not ok:
+        raise CheckpointError(f'--resume: {path} holds an invalid state (epoch {e!r}, or malformed model / rng / '
+                              'recipe_sha256 entries). ' + _CKPT_FIX.format(path=path))
+    return state
+
+
+def _restore(s: _Setup, run: RunDir, sha: str) -> _Progress:
+    """Model, optimiser, schedule and RNG from ``last.ckpt``; the best weights checked against it."""
+    path = run.file(CKPT)
+    state = _load_checkpoint(path)
+    if state['recipe_sha256'] != sha:
+        raise RecipeError(f'--resume: {path} was written by a different recipe (sha256 '
+                          f'{state["recipe_sha256"][:12]} vs {sha[:12]}); resume with the same recipe and overrides')
+    if state['epoch'] >= s.recipe.epochs:
+        raise CheckpointError(f'--resume: {path} is at epoch {state["epoch"]}, past the recipe\'s last epoch '
+                              f'{s.recipe.epochs - 1}. ' + _CKPT_FIX.format(path=path))
+    try:
+        s.model.load_state_dict(state['model'])
+        s.opt.load_state_dict(state['optimizer'])
+        s.sched.load_state_dict(state['scheduler'])
+        _set_rng_state(state['rng'], s.device)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f'--resume: {path} does not fit this run ({type(e).__name__}: {_first_words(e, 2)}). '
+                              + _CKPT_FIX.format(path=path)) from None
+    if s.recipe.select == 'best_val' and state['best_epoch'] is not None and s.dist.main:
+        _check_best(run, state)
+    return _Progress(state['epoch'] + 1, state['best'], state['best_epoch'], float(state['wall_time_s']))
+
+
+def _best_epoch_on_disk(run: RunDir) -> Optional[int]:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(run.file(BEST)), framework='pt') as f:
+            return int((f.metadata() or {}).get('epoch', -1))
+    except Exception:  # missing or unreadable: rewritten below when the checkpoint holds the weights
+        return None
+
+
+def _check_best(run: RunDir, state: Dict[str, Any]) -> None:
+    """best.safetensors must hold the checkpoint's best epoch. It is written after the checkpoint, so a run
+    stopped between the two is repaired from the checkpoint (whose weights are then the best)."""
+    on_disk = _best_epoch_on_disk(run)
+    if on_disk == state['best_epoch'] or on_disk == -1:  # -1: written before epochs were recorded
+        return
+    if state['best_epoch'] != state['epoch']:
+        held = f'holds epoch {on_disk}' if on_disk is not None else 'is missing or unreadable'
+        raise CheckpointError(
+            f'--resume: {run.file(BEST)} {held}, but the checkpoint {run.file(CKPT)} says the best '
+            f'validation epoch is {state["best_epoch"]}, whose weights are lost. Fix: delete the run folder '
+            f'{run.path} and train from the start')
+    _save_best(run, state['model'], state['epoch'])
+
+
+def _save_best(run: RunDir, state_dict, epoch: int) -> None:
+    """The best-so-far weights, with their epoch in the safetensors metadata (checked on resume and selection)."""
+    from .hub import save_weights
+    try:
+        save_weights(state_dict, run.file(BEST), metadata={'format': 'pt', 'epoch': str(epoch)})
+    except OSError as e:
+        raise run.write_error(BEST, e, f'the epoch-{epoch} best weights') from e
+
+
+# ---- one epoch ------------------------------------------------------------------------------
+def _check_finite(s: _Setup, run: RunDir, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    bad = (~torch.isfinite(loss_sum)).float()
+    if s.dist.world_size > 1:
+        torch.distributed.all_reduce(bad)
+    if bad.item() > 0:
+        ckpt = run.file(CKPT)
+        good = (f'the last good checkpoint {ckpt} (end of epoch {epoch - 1}) is kept' if ckpt.exists() else
+                'no checkpoint had been written yet')
+        raise TrainingDiverged(
+            f'{s.recipe.name}: non-finite training loss in epoch {epoch} (by step {step}); stopped. {good}. '
+            'Fix: lower lr or quad_lr_scale, set grad_clip, or check the data; then --resume continues from the '
+            'last good epoch')
+
+
+def _train_epoch(s: _Setup, run: RunDir, epoch: int) -> Tuple[float, int, float]:
+    """One epoch of training; returns (mean training loss, samples seen on this rank, seconds)."""
+    s.net.train()
+    s.train_loader.set_epoch(epoch)
+    steps = len(s.train_loader)
+    step = epoch * steps
+    loss_sum, n_seen = torch.zeros((), device=s.device), 0
+    _sync(s.device)
+    t0 = time.time()
+    for i, (x, y) in enumerate(s.train_loader):
+        if s.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(s.device, s.amp_dtype):
+            loss = s.loss(s.net(x), y)
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.recipe.grad_clip:
+            nn.utils.clip_grad_norm_(s.model.parameters(), s.recipe.grad_clip)
+        s.opt.step()
+        s.sched.step()
+        loss_sum += loss.detach().float()
+        n_seen += len(x)
+        step += 1
+        if i + 1 == steps or step % s.recipe.nan_check_every == 0:
+            _check_finite(s, run, loss_sum, epoch, step)
+    _sync(s.device)
+    return (loss_sum / max(1, steps)).item(), n_seen, time.time() - t0
+
+
+def _end_epoch(s: _Setup, run: RunDir, p: _Progress, epoch: int, loss: float, n_seen: int,
+               secs: float) -> Dict[str, Any]:
+    """Validate, log, checkpoint, then keep the weights if they are the best so far."""
+    primary, higher = Metrics.primary(s.ds.task)
+    val = s.evaluate(s.val_loader)
+    score = val[primary]
+    if val.get('nonfinite'):  # NaN/inf outputs: never select this epoch
+        score = -math.inf if higher else math.inf
+    improved = p.best is None or (score > p.best if higher else score < p.best)
+    if improved:
+        p.best, p.best_epoch = score, epoch
+    rec = dict(epoch=epoch, train_loss=loss, **{f'val_{k}': v for k, v in val.items()},
+               lr=s.opt.param_groups[0]['lr'], img_s=n_seen * s.dist.world_size / max(secs, 1e-9), epoch_time_s=secs,
+               time=time.time())  # wall clock at the end of the epoch (launch.py --fit-in reads it)
+    if s.dist.main:
+        run.log(rec)
+        _save_checkpoint(run, dict(model=s.model.state_dict(), optimizer=s.opt.state_dict(),
+                                   scheduler=s.sched.state_dict(), epoch=epoch, best=p.best, best_epoch=p.best_epoch,
+                                   rng=_rng_state(s.device), recipe_sha256=s.recipe.sha256(), wall_time_s=p.wall()))
+        if improved and s.recipe.select == 'best_val':
+            _save_best(run, s.model.state_dict(), epoch)
+    return dict(rec, score=score)
+
+
+# ---- selection and the finish ---------------------------------------------------------------
+def _select(s: _Setup, run: RunDir, p: _Progress) -> int:
+    """Load the weights to publish; returns their epoch."""
+    from .hub import load_weights
+    if s.recipe.select != 'best_val':
+        return s.recipe.epochs - 1
+    sd, meta = load_weights(run.file(BEST), fix=f'delete the run folder {run.path} and train from the start')
+    if meta.get('epoch') not in (None, str(p.best_epoch)):
+        raise CheckpointError(f'{run.file(BEST)} holds epoch {meta["epoch"]}, not the best validation epoch '
+                              f'{p.best_epoch}. Fix: delete the run folder {run.path} and train from the start')
+    s.model.load_state_dict(sd)
+    return p.best_epoch
+
+
+def _results(s: _Setup, selected_epoch: int, wall: float, smoke: bool, recipe_path: Optional[str]) -> Dict[str, Any]:
+    """The one test evaluation and results.json's record (its fields are what publishing reads)."""
+    r, ds = s.recipe, s.ds
+    primary = Metrics.primary(ds.task)[0]
+    val, test = s.evaluate(s.val_loader), s.evaluate(s.test_loader)
+    return dict(
+        model=r.model, model_args=r.model_args, dataset=ds.name, task=ds.task,
+        data_spec=dict(name=r.data, args=r.data_args),
+        neuron=getattr(s.model, 'neuron', 'linear'), params=s.params, macs=s.macs, macs_input=list(s.sample_shape),
+        val=val, test=test, primary_metric=primary, epochs=r.epochs, selected_epoch=selected_epoch,
+        selection=('best validation ' + primary) if r.select == 'best_val' else 'last epoch',
+        seed=r.seed, wall_time_s=wall, device=_device_name(s.device), world_size=s.dist.world_size,
+        torch=torch.__version__, qzoo=__version__, recipe=recipe_path or '', recipe_sha256=r.sha256(),
         data=dict(splits={k: len(getattr(ds, k).x) for k in ('train', 'val', 'test')}), smoke=smoke,
     )
-    (out / 'recipe.yaml').write_text(text)
-    save_pretrained(model, out, results=results)
-    (out / 'results.json').write_text(json.dumps(results, indent=2))
+
+
+def _finish(s: _Setup, run: RunDir, p: _Progress, smoke: bool, recipe_path: Optional[str]) -> Dict:
+    """Select, evaluate the test split once and write the publishable folder (rank 0 only)."""
+    from .hub import save_pretrained
+    if s.dist.world_size > 1:
+        torch.distributed.barrier()
+        if not s.dist.main:
+            return {}
+    wall = p.wall()
+    results = _results(s, _select(s, run, p), wall, smoke, recipe_path)
+    try:
+        save_pretrained(s.model, run.path, results=results)
+    except OSError as e:
+        raise run.write_error('model.safetensors', e, 'the published weights, config.json or README.md in') from e
+    run.write_json('results.json', results)
     return results
+
+
+# ---- the run --------------------------------------------------------------------------------
+def _progress_bar(r: Recipe, start_epoch: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=r.epochs, initial=start_epoch, desc=r.name, unit='epoch', leave=False)
+
+
+def _as_recipe(recipe: Union[Recipe, Mapping[str, Any]]) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, Mapping):
+        return load_recipe(None, **recipe)
+    raise TypeError(f'train() needs a Recipe (qzoo.recipe.load_recipe) or a mapping of recipe keys, got '
+                    f'{type(recipe).__name__}')
+
+
+def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = False, smoke: bool = False,
+          recipe_path: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """Run ``recipe`` into folder ``out_dir``; returns the results dict (also results.json; ``{}`` on DDP
+    ranks other than 0). ``resume`` continues from ``out_dir/last.ckpt``; ``smoke`` runs
+    :meth:`Recipe.for_smoke` on a slice of the data; ``recipe_path`` is recorded in results.json."""
+    r = _as_recipe(recipe)
+    if smoke:
+        r = r.for_smoke()
+    dist = _setup_dist(r.device)
+    device = _device(r.device, dist)
+    with RunDir(out_dir, lock=dist.main) as run:
+        s = _build(r, dist, device, smoke)
+        p = _restore(s, run, r.sha256()) if resume else _Progress()
+        if dist.main:
+            run.start_log(p.start_epoch - 1 if resume else None)
+            run.write_text('recipe.yaml', r.to_yaml())
+        bar = _progress_bar(r, p.start_epoch, progress and dist.main)
+        p.session_start = time.time()
+        for epoch in range(p.start_epoch, r.epochs):
+            loss, n_seen, secs = _train_epoch(s, run, epoch)
+            rec = _end_epoch(s, run, p, epoch, loss, n_seen, secs)
+            if bar is not None:
+                bar.set_postfix({Metrics.primary(s.ds.task)[0]: f"{rec['score']:.3f}", 'loss': f'{loss:.3f}'})
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return _finish(s, run, p, smoke, recipe_path)

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .engine import Metrics, evaluate
+from .metrics import Metrics, evaluate
 from .measure import count_macs, count_params
 
 __all__ = ['load_any', 'external_available', 'evaluate_on', 'validate', 'frontier', 'params_at_metric', 'metric_at_params',

@@ -1,15 +1,14 @@
-"""The training engine: outputs, exact resume, NaN guard, DDP (gloo, 2 processes), recipes."""
+"""The training engine: outputs, exact resume, NaN guard, DDP (gloo, 2 processes)."""
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
+import procs
 from conftest import ROOT
+from inject import Stop, nan_at_step, stop_after_epoch
 from qzoo.engine import RecipeError, TrainingDiverged, load_recipe, train
 from qzoo.hub import load_weights
 
@@ -32,70 +31,100 @@ def test_run_writes_publishable_folder(tmp_path):
     for f in ('model.safetensors', 'config.json', 'README.md', 'results.json', 'recipe.yaml', 'log.jsonl'):
         assert (tmp_path / f).is_file(), f
     r = json.loads((tmp_path / 'results.json').read_text())
+    assert list(r) == ['model', 'model_args', 'dataset', 'task', 'data_spec', 'neuron', 'params', 'macs', 'macs_input',
+                       'val', 'test', 'primary_metric', 'epochs', 'selected_epoch', 'selection', 'seed', 'wall_time_s',
+                       'device', 'world_size', 'torch', 'qzoo', 'recipe', 'recipe_sha256', 'data', 'smoke']
     assert r['dataset'].startswith('synthetic-circles') and r['params'] == res['params'] > 0 and r['macs'] > 0
     assert set(r['val']) == set(r['test']) == {'top1', 'macro_f1'}  # 2 classes: no top5
     assert r['selection'].startswith('best validation') and 0 <= r['selected_epoch'] < 2
+    assert r['recipe_sha256'] == _cfg().sha256()
     log = [json.loads(l) for l in (tmp_path / 'log.jsonl').read_text().splitlines()]
     assert [l['epoch'] for l in log] == [0, 1] and all({'train_loss', 'val_top1', 'lr', 'img_s'} <= set(l) for l in log)
     cfg = json.loads((tmp_path / 'config.json').read_text())
     assert cfg['architecture'] == 'qmlp' and cfg['qzoo']['results']['test'] == r['test']
+    assert (tmp_path / 'recipe.yaml').read_text() == _cfg().to_yaml()
     assert yaml.safe_load((tmp_path / 'recipe.yaml').read_text())['model'] == 'qmlp'
     # the published weights are the best-on-validation epoch's
     best = max(log, key=lambda l: l['val_top1'])
     assert r['selected_epoch'] == best['epoch'] and r['val']['top1'] == pytest.approx(best['val_top1'])
+    assert not list(tmp_path.glob('*.tmp')) and not list(tmp_path.glob('.*.tmp'))
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, monkeypatch):
     cfg = _cfg(model_args={'hidden': [16], 'drop_rate': 0.2}, select='last')
     train(cfg, tmp_path / 'straight', progress=False)
     out = tmp_path / 'resumed'
-    assert train(dict(cfg, fault={'stop_after_epoch': 0}), out, progress=False) == {'interrupted_after_epoch': 0}
+    with monkeypatch.context() as m:
+        stop_after_epoch(m, 0)
+        with pytest.raises(Stop):
+            train(cfg, out, progress=False)
     assert not (out / 'model.safetensors').exists()
     train(cfg, out, resume=True, progress=False)
     a, b = _weights(tmp_path / 'straight'), _weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert len((out / 'log.jsonl').read_text().splitlines()) == 2
+    assert [json.loads(l)['epoch'] for l in (out / 'log.jsonl').read_text().splitlines()] == [0, 1]
 
 
-def test_resume_refuses_a_different_recipe(tmp_path):
-    train(dict(_cfg(), fault={'stop_after_epoch': 0}), tmp_path, progress=False)
+def test_resume_with_best_val_selects_the_same_epoch(tmp_path, monkeypatch):
+    cfg = _cfg(epochs=3)
+    straight = train(cfg, tmp_path / 'straight', progress=False)
+    out = tmp_path / 'resumed'
+    with monkeypatch.context() as m:
+        stop_after_epoch(m, 1)
+        with pytest.raises(Stop):
+            train(cfg, out, progress=False)
+    resumed = train(cfg, out, resume=True, progress=False)
+    assert resumed['selected_epoch'] == straight['selected_epoch'] and resumed['test'] == straight['test']
+    a, b = _weights(tmp_path / 'straight'), _weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_best_weights_are_repaired_from_the_checkpoint_or_refused(tmp_path, monkeypatch):
+    from qzoo.errors import CheckpointError
+    from qzoo.hub import save_weights
+    cfg = _cfg(epochs=3)
+    straight = train(cfg, tmp_path / 'straight', progress=False)
+    out = tmp_path / 'resumed'
+    with monkeypatch.context() as m:
+        stop_after_epoch(m, 0)  # stopped after epoch 0's checkpoint, before its best weights were written
+        with pytest.raises(Stop):
+            train(cfg, out, progress=False)
+    assert not (out / 'best.safetensors').exists()
+    resumed = train(cfg, out, resume=True, progress=False)  # epoch 0 was the best so far: rewritten from last.ckpt
+    assert (resumed['selected_epoch'], resumed['test']) == (straight['selected_epoch'], straight['test'])
+    # best weights of another epoch than the checkpoint's best, which the checkpoint cannot restore: refused
+    state = torch.load(out / 'last.ckpt', weights_only=True)
+    torch.save(dict(state, epoch=1, best_epoch=0), out / 'last.ckpt')
+    save_weights(state['model'], out / 'best.safetensors', metadata={'format': 'pt', 'epoch': '1'})
+    with pytest.raises(CheckpointError, match='holds epoch 1, but the checkpoint .* best validation epoch is 0'):
+        train(cfg, out, resume=True, progress=False)
+
+
+def test_resume_refuses_a_different_recipe(tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        stop_after_epoch(m, 0)
+        with pytest.raises(Stop):
+            train(_cfg(), tmp_path, progress=False)
     with pytest.raises(RecipeError, match='different recipe'):
         train(_cfg(lr=0.5), tmp_path, resume=True, progress=False)
 
 
-def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     steps = 256 // 32
+    nan_at_step(monkeypatch, steps + 2)
     with pytest.raises(TrainingDiverged, match='non-finite training loss in epoch 1') as e:
-        train(_cfg(epochs=3, fault={'nan_at_step': steps + 2}, nan_check_every=1), tmp_path, progress=False)
+        train(_cfg(epochs=3, nan_check_every=1), tmp_path, progress=False)
     assert 'last good checkpoint' in str(e.value)
     state = torch.load(tmp_path / 'last.ckpt', weights_only=True)
     assert state['epoch'] == 0 and all(torch.isfinite(v).all() for v in state['model'].values())
     assert not (tmp_path / 'model.safetensors').exists()
 
 
-def test_recipe_errors():
-    with pytest.raises(RecipeError, match='unknown recipe key'):
-        load_recipe(None, **SYN, epohcs=3)
-    with pytest.raises(RecipeError, match='key=value'):
-        load_recipe(None, ['epochs'], **SYN)
-    with pytest.raises(RecipeError, match='not found'):
-        load_recipe('recipes/nope.yaml')
-    cfg = load_recipe(None, ['model_args.hidden=[4, 4]', 'lr=0.3'], **SYN)
-    assert cfg['model_args']['hidden'] == [4, 4] and cfg['lr'] == 0.3
-
-
-def test_recipe_numbers_without_a_dot_are_numbers(tmp_path):
-    # YAML 1.1 reads 1e-4 as a string: a launch.py --grid quad_lr_scale=1e-4,... once crashed in the optimizer
-    cfg = load_recipe(None, ['quad_lr_scale=1e-4', 'epochs=3.0', 'grad_clip=null'], **SYN)
-    assert cfg['quad_lr_scale'] == 1e-4 and isinstance(cfg['quad_lr_scale'], float)
-    assert cfg['epochs'] == 3 and isinstance(cfg['epochs'], int) and cfg['grad_clip'] is None
-    f = tmp_path / 'r.yaml'
-    f.write_text('model: qmlp\ndata: synthetic\nlr: 1e-2\nweight_decay: 5E-4\n')
-    assert load_recipe(f)['lr'] == 0.01 and load_recipe(f)['weight_decay'] == 5e-4
-    for bad, match in (['lr=fast'], 'lr must be a number'), (['epochs=2.5'], 'whole number'), \
-                      (['seed=true'], 'seed must be a number'), (['lr=nan'], 'lr must be a number'):
-        with pytest.raises(RecipeError, match=match):
-            load_recipe(None, bad, **SYN)
+def test_train_takes_a_mapping_and_refuses_other_types(tmp_path):
+    with pytest.raises(RecipeError, match='epochs must be'):
+        train(dict(SYN, epochs=0), tmp_path, progress=False)
+    with pytest.raises(TypeError, match='needs a Recipe'):
+        train('recipes/synthetic/circles-d2.yaml', tmp_path, progress=False)
 
 
 def _free_port():
@@ -110,13 +139,13 @@ def test_ddp_gloo_two_processes_equals_single_process(tmp_path):
     averaged gradients give the same weights (no BatchNorm in an MLP)."""
     cfg = _cfg(select='last')
     recipe = tmp_path / 'r.yaml'
-    recipe.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k in SYN or k == 'select'}))
+    recipe.write_text(yaml.safe_dump(dict(SYN, select='last')))
     train(cfg, tmp_path / 'single', progress=False)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={_free_port()}',
+    cmd = [procs.PYTHON, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={_free_port()}',
            str(ROOT / 'recipes' / 'train.py'), '--config', str(recipe), '--out', str(tmp_path / 'ddp'),
            '--no-progress']
-    subprocess.run(cmd, check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    res = procs.run(cmd, env=procs.child_env(), cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / 'ddp' / 'results.json').read_text())
     assert r['world_size'] == 2
     a, b = _weights(tmp_path / 'single'), _weights(tmp_path / 'ddp')

@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from qzoo.engine import load_recipe, train  # noqa: E402
+from qzoo.engine import train  # noqa: E402
+from qzoo.recipe import load_recipe  # noqa: E402
 
 # task: (recipe, metric, target, higher_is_better). Classification targets sit about one point
 # under the noise-limited plateau both families reach on the 2-D tasks (98.5-99.4%); the
@@ -55,7 +56,7 @@ def boundary_plot(task, runs_by_model, path):
     import qzoo
     from qzoo.data import load_dataset
     cfg = load_recipe(Path(__file__).parent / TASKS[task][0])
-    ds = load_dataset('synthetic', splits=('test',), **cfg['data_args'])
+    ds = load_dataset('synthetic', splits=('test',), **cfg.data_args)
     x, y = ds.test.x, ds.test.y
     lo, hi = x.min(0).values - 0.3, x.max(0).values + 0.3
     gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing='xy')

@@ -1,0 +1,185 @@
+"""qzoo.recipe: every key typed and ranged, YAML with base inheritance, dotted overrides, and the
+resolved text that runs record (byte-equal for every published checkpoint)."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from qzoo.recipe import Recipe, RecipeError, load_recipe, recipe_help
+
+SYN = dict(model='qmlp', data='synthetic')
+
+
+def _published():
+    return sorted(p.parent for p in (ROOT / 'checkpoints').glob('*/recipe.yaml'))
+
+
+def _overrides(folder: Path, results):
+    """The overrides a published run was started with: recorded, or (older cards) what publish derives."""
+    if 'recipe_overrides' in results:
+        return results['recipe_overrides']
+    from qzoo.publish import _recipe_overrides
+    return _recipe_overrides(folder, results)
+
+
+def test_published_runs_resolve_to_their_recorded_recipe_byte_for_byte():
+    folders = _published()
+    assert len(folders) >= 90  # the zoo's checkpoints (99 when written)
+    for folder in folders:
+        res = json.loads((folder / 'results.json').read_text())
+        r = load_recipe(ROOT / res['recipe'], _overrides(folder, res))
+        assert r.to_yaml() == (folder / 'recipe.yaml').read_text(), folder.name
+        assert r.sha256() == res['recipe_sha256'], folder.name
+
+
+def test_every_recipe_file_loads():
+    files = [p for p in (ROOT / 'recipes').rglob('*.yaml') if not p.name.startswith('_')]
+    assert len(files) >= 40
+    for f in files:
+        r = load_recipe(f)
+        assert r.model and r.data and r.name
+
+
+@pytest.mark.parametrize('override, key', [
+    ('epochs=0', 'epochs'), ('epochs=-3', 'epochs'), ('batch_size=0', 'batch_size'),
+    ('eval_batch_size=0', 'eval_batch_size'),
+    ('grad_clip=-1', 'grad_clip'), ('grad_clip=0', 'grad_clip'), ('weight_decay=-1', 'weight_decay'),
+    ('warmup_epochs=-1', 'warmup_epochs'), ('min_lr_ratio=5', 'min_lr_ratio'), ('amp=fp16', 'amp'), ('amp=on', 'amp'),
+    ('channels_last=maybe', 'channels_last'), ('nesterov=maybe', 'nesterov'), ('compile="false"', 'compile'),
+    ('deterministic=1', 'deterministic'), ('nan_check_every=0', 'nan_check_every'),
+    ('label_smoothing=2', 'label_smoothing'), ('label_smoothing=1', 'label_smoothing'), ('betas=[0.9]', 'betas'),
+    ('betas=[0.9, 1.0]', 'betas'), ('betas=0.9', 'betas'), ('select=best', 'select'), ('optimizer=adam', 'optimizer'),
+    ('schedule=cos', 'schedule'), ('lr=0', 'lr'), ('lr=fast', 'lr'), ('lr=nan', 'lr'), ('lr=.inf', 'lr'),
+    ('lr=true', 'lr'), ('momentum=1', 'momentum'), ('seed=-1', 'seed'), ('seed=true', 'seed'), ('epochs=2.5', 'epochs'),
+    ('quad_lr_scale=-0.1', 'quad_lr_scale'), ('quad_weight_decay=-1', 'quad_weight_decay'), ('device=gpu0', 'device'),
+    ('smoke.epochs=0', 'smoke.epochs'), ('smoke.train=0', 'smoke.train'), ('model_args=[1]', 'model_args'),
+    ('name=""', 'name'), ('name=../../elsewhere', 'name'), ('name=a b', 'name'), ('seed=18446744073709551616', 'seed'),
+    ('epochs=1e400', 'epochs'),
+])
+def test_impossible_values_are_refused_naming_key_and_source(override, key):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(None, [override], **SYN)
+    msg = str(e.value)
+    assert f'{key} must be' in msg and f'override {override!r}' in msg, msg
+
+
+def test_values_a_recipe_may_take():
+    r = load_recipe(None, ['grad_clip=null', 'grad_clip=1.5', 'min_lr_ratio=1', 'label_smoothing=0.1', 'amp=off',
+                           'channels_last=true', 'compile=false', 'betas=[0.8, 0.99]', 'device=cuda:1', 'seed=3',
+                           'quad_weight_decay=0', 'smoke.train=null'], **SYN)
+    assert (r.grad_clip, r.min_lr_ratio, r.label_smoothing, r.amp, r.channels_last, r.compile) == \
+           (1.5, 1, 0.1, 'off', True, False)
+    assert r.betas == [0.8, 0.99] and r.device == 'cuda:1' and r.smoke['train'] is None and r.quad_weight_decay == 0
+    assert load_recipe(None, ['amp=bf16', 'channels_last=auto'], **SYN).amp == 'bf16'
+
+
+def test_numbers_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e-4 as a string: a launch.py --grid quad_lr_scale=1e-4,... once crashed in the optimizer
+    r = load_recipe(None, ['quad_lr_scale=1e-4', 'epochs=3.0', 'grad_clip=null'], **SYN)
+    assert r.quad_lr_scale == 1e-4 and isinstance(r.quad_lr_scale, float)
+    assert r.epochs == 3 and isinstance(r.epochs, int) and r.grad_clip is None
+    f = tmp_path / 'r.yaml'
+    f.write_text('model: qmlp\ndata: synthetic\nlr: 1e-2\nweight_decay: 5E-4\nbetas: [9e-1, "0.99"]\n')
+    r = load_recipe(f)
+    assert r.lr == 0.01 and r.weight_decay == 5e-4 and r.betas == [0.9, 0.99]
+
+
+def test_ints_given_to_float_keys_keep_their_text():
+    # published recipe.yaml files record `warmup_epochs: 2`, not 2.0: the sha256 depends on it
+    r = load_recipe(None, ['warmup_epochs=2'], **SYN)
+    assert 'warmup_epochs: 2\n' in r.to_yaml()
+
+
+def test_unknown_keys_name_the_nearest_valid_one(tmp_path):
+    with pytest.raises(RecipeError, match="unknown recipe key 'epohcs'; did you mean 'epochs'"):
+        load_recipe(None, **SYN, epohcs=3)
+    with pytest.raises(RecipeError, match="'smoke.epoch'; did you mean 'smoke.epochs'"):
+        load_recipe(None, ['smoke.epoch=2'], **SYN)
+    f = tmp_path / 'r.yaml'
+    f.write_text('model: qmlp\ndata: synthetic\nsmoke: {train: 8, tset: 8}\n')
+    with pytest.raises(RecipeError, match=r"r.yaml \(line 3\).*'smoke.tset'; did you mean 'smoke.test'"):
+        load_recipe(f)
+    f.write_text('model: qmlp\ndata: synthetic\nlearning_rate: 0.1\n')
+    with pytest.raises(RecipeError, match=r"line 3\): unknown recipe key 'learning_rate'"):
+        load_recipe(f)
+    with pytest.raises(RecipeError, match='fault injection is not a recipe key'):
+        load_recipe(None, ['fault.nan_at_step=3'], **SYN)
+    with pytest.raises(RecipeError, match="unknown model 'qmpl'; did you mean 'qmlp'"):
+        load_recipe(None, ['model=qmpl'], data='synthetic')
+    with pytest.raises(RecipeError, match="unknown data 'synthtic'; did you mean 'synthetic'"):
+        load_recipe(None, ['data=synthtic'], model='mlp')
+    with pytest.raises(RecipeError, match="has no option 'kindd'; did you mean data_args.kind"):
+        load_recipe(None, ['data_args.kindd=moons'], **SYN)
+    with pytest.raises(RecipeError, match="needs 'model'"):
+        load_recipe(None, data='synthetic')
+
+
+def test_overrides_and_values():
+    with pytest.raises(RecipeError, match='key=value'):
+        load_recipe(None, ['epochs'], **SYN)
+    with pytest.raises(RecipeError, match='not valid YAML'):
+        load_recipe(None, ['model_args.hidden=[4'], **SYN)
+    with pytest.raises(RecipeError, match='lr is not a mapping'):
+        load_recipe(None, ['lr.x=3'], **SYN)
+    r = load_recipe(None, ['model_args.hidden=[4, 4]', 'lr=0.3', 'smoke.epochs=2', 'data_args.kind=moons'], **SYN)
+    assert r.model_args == {'hidden': [4, 4]} and r.lr == 0.3 and r.data_args == {'kind': 'moons'}
+    assert r.smoke == {'train': 64, 'val': 32, 'test': 32, 'epochs': 2, 'batch_size': 16}  # merged with the defaults
+    assert r.name == 'qmlp-synthetic'
+
+
+def test_base_inheritance_merges_mappings(tmp_path):
+    (tmp_path / 'base.yaml').write_text('model: qmlp\ndata: synthetic\ndata_args: {kind: moons, n_val: 50}\n'
+                                        'model_args: {hidden: [4], act: relu}\nlr: 0.5\n')
+    (tmp_path / 'child.yaml').write_text('base: base.yaml\ndata_args: {n_val: 60}\nmodel_args: {hidden: [8]}\n')
+    r = load_recipe(tmp_path / 'child.yaml', ['model_args.act=gelu'])
+    assert r.lr == 0.5 and r.data_args == {'kind': 'moons', 'n_val': 60}
+    assert r.model_args == {'hidden': [8], 'act': 'gelu'}
+    # keyword values replace model_args whole (and merge the other mappings)
+    assert load_recipe(tmp_path / 'child.yaml', model_args={'hidden': [2]}).model_args == {'hidden': [2]}
+
+
+def test_base_cycles_and_bad_yaml_are_named(tmp_path):
+    (tmp_path / 'self.yaml').write_text('base: self.yaml\nmodel: qmlp\ndata: synthetic\n')
+    with pytest.raises(RecipeError, match='cycle'):
+        load_recipe(tmp_path / 'self.yaml')
+    (tmp_path / 'a.yaml').write_text('base: b.yaml\n')
+    (tmp_path / 'b.yaml').write_text('base: a.yaml\n')
+    with pytest.raises(RecipeError, match=r'cycle \(.*a.yaml -> .*b.yaml -> .*a.yaml\)'):
+        load_recipe(tmp_path / 'a.yaml')
+    (tmp_path / 'c.yaml').write_text('base: missing.yaml\n')
+    with pytest.raises(RecipeError, match='missing.yaml not found'):
+        load_recipe(tmp_path / 'c.yaml')
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('model: qmlp\ndata: synthetic\nmodel_args: {hidden: [4]\nlr: 0.1\n')
+    with pytest.raises(RecipeError, match=r'bad.yaml is not valid YAML at line \d+, column \d+'):
+        load_recipe(bad)
+    bad.write_text('- a\n- b\n')
+    with pytest.raises(RecipeError, match='must be a YAML mapping'):
+        load_recipe(bad)
+    bad.write_text('model: qmlp\ndata: synthetic\nlr: 0.1\nlr: 0.2\n')
+    with pytest.raises(RecipeError, match="'lr' is given twice \\(lines 3 and 4\\)"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match='not found'):
+        load_recipe(ROOT / 'recipes' / 'nope.yaml')
+
+
+def test_recipe_dataclass_checks_itself_and_round_trips():
+    r = load_recipe(ROOT / 'recipes/cifar10-jpeg75/qresnet20-w16.yaml')
+    assert Recipe(**r.to_dict()) == r and load_recipe(None, **r.to_dict()).sha256() == r.sha256()
+    assert yaml.safe_load(r.to_yaml()) == r.to_dict()
+    with pytest.raises(RecipeError, match='epochs must be'):
+        r.replace(epochs=0)
+    s = r.for_smoke()
+    assert (s.epochs, s.batch_size, s.eval_batch_size, s.device, s.amp, s.compile) == (1, 16, 64, 'cpu', 'off', False)
+    assert s.sha256() != r.sha256() and r.epochs == 50  # frozen: r unchanged
+    with pytest.raises(Exception):
+        r.epochs = 3
+
+
+def test_help_lists_every_key_with_its_range():
+    text = recipe_help()
+    for key in Recipe.specs():
+        assert f'\n  {key} ' in '\n' + text, key
+    assert "one of 'auto', 'bf16', 'off'" in text and 'a number in [0, 1)' in text
