@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Accuracy per parameter of the published checkpoints — qzoo's main job (`make eval`).
 
-For every dataset with published checkpoints (checkpoints/manifest.json), evaluate each
+For every dataset with published checkpoints (qzoo/checkpoints/manifest.json), evaluate each
 checkpoint on its *test* split (offline: shipped checkpoints and test splits), group seeds
 (mean ± std), and for each quadratic model report the parameters saved at equal metric,
 1 - p_Q / p_C(a_Q), with p_C read off the conventional family's metric-vs-log-params
@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qzoo import external  # noqa: E402
-from qzoo.engine import Metrics  # noqa: E402
+from qzoo.metrics import Metrics  # noqa: E402
 from qzoo.evaluation import efficiency_rows, external_available, validate  # noqa: E402
-from qzoo.hub import published  # noqa: E402
+from qzoo.weights import all_weights  # noqa: E402
 
 # the external checkpoints worth comparing on each dataset (weights trained elsewhere), and how to load it
 EXTERNAL_FOR = {'cifar10-jpeg75': [n for n, e in external.EXTERNAL.items() if e.num_classes == 10]}
@@ -97,10 +97,8 @@ def group_rows(rows, metric, secondary):
 
 
 def _label(group: str) -> str:
-    """'resnet20.w8-cifar10-jpeg75-e40' -> 'resnet20 w8'; 'resnet20.cifar10-jpeg75-e40' -> 'resnet20'."""
-    arch, _, tag = group.partition('.')
-    variant = tag.split('-')[0]
-    return f'{arch} {variant}' if re.fullmatch(r'[a-z]\d+', variant) else arch
+    """A plot label: the architecture of 'resnet20_w8.cifar10-jpeg75-e40' is 'resnet20_w8'."""
+    return group.partition('.')[0]
 
 
 def plot(dataset, groups, metric, higher, path):
@@ -182,7 +180,8 @@ def main(argv=None) -> int:
     mirrors = [Path(m) for m in (a.mirror or [os.environ.get('QZOO_MIRROR', ''), ROOT.parent / 'shared' / 'checkpoints'])
                if m and Path(m).is_dir()]
     by_dataset = defaultdict(dict)
-    for name, e in published().items():
+    for name, w in all_weights().items():
+        e = dict(w.to_dict(), group=w.experiment)
         by_dataset[e['dataset']][name] = e
     tables, all_groups = {}, []
     for dataset in sorted(set(by_dataset) | set(EXTERNAL_DATA)):

@@ -1,9 +1,10 @@
 """qzoo: a model zoo for quadratic neural networks.
 
-``import qzoo`` registers every qzoo model with timm::
+``import qzoo`` registers every qzoo model with timm, with its published weights::
 
     import qzoo, timm
-    model = timm.create_model('qresnet20')          # or qzoo.create_model('qresnet20')
+    model = timm.create_model('qcnn', pretrained=True)      # or qzoo.create_model(...)
+    qzoo.list_models(pretrained=True)                       # published weights, '<architecture>.<tag>'
 """
 __version__ = '0.1.0'
 
@@ -14,11 +15,14 @@ from .layers import (QuadraticLinear, QuadraticConv1d, QuadraticConv2d, Quadrati
 from .measure import count_params, count_macs
 from . import models
 from .registry import create_model, list_models, register_all
+from .errors import CheckpointError
+from .hub import from_pretrained, save_pretrained
 
 register_all()
 
 __all__ = [
     'get_neuron', 'list_neurons', 'NeuronFamily', 'QuadraticLinear', 'QuadraticConv1d', 'QuadraticConv2d',
     'QuadraticConvTranspose1d', 'QuadraticConvTranspose2d', 'QuadraticLayer', 'quadratize',
-    'count_params', 'count_macs', 'create_model', 'list_models', 'relinear', 'measure', 'models',
+    'count_params', 'count_macs', 'create_model', 'list_models', 'from_pretrained', 'save_pretrained',
+    'CheckpointError', 'relinear', 'measure', 'models',
 ]

@@ -1,13 +1,18 @@
-"""Model cards: one per checkpoint folder (README.md with YAML front matter, for the
-Hugging Face hub) and MODEL_CARDS.md for the whole zoo, both generated from the
-checkpoints' own config.json (timm format + a ``qzoo`` block with results)."""
+"""Model cards, as text: a card per checkpoint folder (``README.md`` with the Hugging Face
+front matter) and ``MODEL_CARDS.md``, the zoo's index.
+
+A published checkpoint's card is written from its :class:`~qzoo.weights.Weights` record
+(carried in its ``config.json`` under ``qzoo.weights``); a folder saved by
+:func:`qzoo.hub.save_pretrained` outside the zoo gets a shorter card from its config.json.
+This module formats only: it reads no files and imports nothing else of qzoo.
+"""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Dict, List
+import statistics
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-__all__ = ['model_card', 'zoo_cards']
+__all__ = ['model_card', 'zoo_index', 'CITATION']
 
 CITATION = """@article{fan2023one,
   title   = {One Neuron Saved Is One Neuron Earned: On Parametric Efficiency of Quadratic Networks},
@@ -18,7 +23,7 @@ CITATION = """@article{fan2023one,
 }"""
 
 
-def _fmt(v):
+def _fmt(v) -> str:
     if isinstance(v, float):
         return f'{v:.4g}' if abs(v) < 1 else f'{v:.2f}'
     return str(v)
@@ -29,110 +34,155 @@ def _duration(seconds) -> str:
     return f'{seconds:.1f} s' if seconds < 120 else f'{seconds / 60:.1f} min'
 
 
-def _pipeline_tag(res: Dict[str, Any]) -> str:
-    """Hugging Face task tag from the task and the input rank (image / 1-D signal / tabular)."""
-    rank = len(res.get('macs_input') or [0, 0, 0, 0]) - 1
-    kind = {3: 'image', 2: 'signal', 1: 'tabular'}.get(rank, 'image')
-    task = res.get('task', 'classification')
+def _metrics(m: Mapping[str, float]) -> str:
+    return ', '.join(f'{k} {_fmt(v)}' for k, v in m.items())
+
+
+def _pipeline_tag(task: str, input_size) -> str:
+    """Hugging Face task tag from the task and timm's input_size: (C, H, W) images, (C, 1, L) signals,
+    (features, 1, 1) tabular data."""
     if task == 'segmentation':
         return 'image-segmentation'
-    if kind == 'signal':
-        return 'signal-classification'
+    size = list(input_size or (3, 224, 224))
+    kind = 'tabular' if size[1:] == [1, 1] else 'signal' if size[1:2] == [1] else 'image'
     return f'{kind}-{"regression" if task == "regression" else "classification"}'
 
 
-def _metrics_lines(res: Dict[str, Any]) -> List[str]:
-    lines = []
-    for split in ('val', 'test'):
-        m = res.get(split) or {}
-        if m:
-            lines.append(f"- **{split}** ({res.get('dataset', '?')}, split `{split}`): " +
-                         ', '.join(f'{k} {_fmt(v)}' for k, v in m.items()))
-    tr = res.get('at_training')
-    if tr:
-        lines = [l + f" ({res.get('metrics_from', '')})" for l in lines]
-        lines.append(f"- **at training** (evaluated on {tr.get('device', '?')} at the end of the run): " + '; '.join(
-            f'{split} ' + ', '.join(f'{k} {_fmt(v)}' for k, v in (tr.get(split) or {}).items()) for split in ('val', 'test')))
+def _front(license: str, tag: str, dataset: Optional[str]) -> List[str]:
+    front = ['---', 'library_name: timm', f'license: {license}', 'tags:', f'- {tag}', '- quadratic-neurons', '- qzoo']
+    if dataset:
+        front += ['datasets:', f'- {dataset}']
+    return front + ['---', '']
+
+
+def _training_lines(w: Mapping[str, Any]) -> List[str]:
+    t = w.get('training', {})
+    recipe = f"`{t.get('recipe', '?')}`" + (' with `' + ' '.join(t['recipe_overrides']) + '`'
+                                              if t.get('recipe_overrides') else '')
+    lines = [f"- **recipe**: {recipe}, seed {w['seed']} (resolved recipe in `recipe.yaml`, sha256 "
+             f"`{str(t.get('recipe_sha256', '?'))[:16]}…`)",
+             f"- **selection**: {t.get('selection', '?')} — epoch {t.get('selected_epoch', '?')} of "
+             f"{t.get('epochs', '?')}; the test split was used once, for the numbers above",
+             f"- **trained on**: {t.get('device', '?')}, {_duration(t.get('wall_time_s'))}, torch {t.get('torch', '?')}"]
+    if t.get('splits'):
+        lines.append('- **data**: ' + ', '.join(f'{k} {v:,}' for k, v in t['splits'].items()) +
+                     f" samples of `{w['dataset']}` (qzoo.data `{w['data_spec']['name']}`, options "
+                     f"`{json.dumps(w['data_spec'].get('args', {}), sort_keys=True)}`)")
+    at = t.get('at_training')
+    if at:
+        lines.append(f"- **at training** (evaluated on {at.get('device', '?')} at the end of the run): "
+                     + '; '.join(f'{s} {_metrics(at.get(s) or {})}' for s in ('val', 'test')))
     return lines
 
 
-def _body(config: Dict[str, Any], name: str, heading: bool = True) -> str:
-    qz = config.get('qzoo', {})
-    res = qz.get('results', {})
-    arch = config['architecture']
-    args = config.get('model_args', {})
-    pc = config.get('pretrained_cfg', {})
-    lines = ([f'## {name}', ''] if heading else []) + [
-             f'- **architecture**: `{arch}` with model args `{json.dumps(args, sort_keys=True)}`',
-             f"- **neuron**: `{qz.get('neuron', '?')}`",
-             f"- **parameters**: {qz.get('params', '?'):,}" if isinstance(qz.get('params'), int) else
-             f"- **parameters**: {qz.get('params', '?')}"]
-    if res:
-        lines += [f"- **task / dataset**: {res.get('task', '?')} on `{res.get('dataset', '?')}`",
-                  f"- **MACs** (quadratic-aware, one sample {res.get('macs_input', '')}): {res.get('macs', '?'):,}"
-                  if isinstance(res.get('macs'), int) else f"- **MACs**: {res.get('macs', '?')}",
-                  f"- **checkpoint selection**: {res.get('selection', '?')} (selected epoch {res.get('selected_epoch', '?')} "
-                  f"of {res.get('epochs', '?')}); the test split was used once, for the numbers below",
-                  f"- **seed**: {res.get('seed', '?')}; **recipe**: `{res.get('recipe', '?')}`"
-                  + (' with `' + ' '.join(res['recipe_overrides']) + '`' if res.get('recipe_overrides') else '')
-                  + f" (resolved recipe sha256 `{str(res.get('recipe_sha256', '?'))[:16]}…`, in `recipe.yaml`)",
-                  f"- **training**: {_duration(res.get('wall_time_s'))} on {res.get('device', '?')}, "
-                  f"torch {res.get('torch', '?')}"]
-        lines += _metrics_lines(res)
-    dtype = qz.get('weights_dtype', '?')
-    fp16 = res.get('fp16_check') or {}
+def _weights_line(w: Mapping[str, Any]) -> str:
+    fp16 = w.get('training', {}).get('fp16_check') or {}
+    dtype = w['weights_dtype']
     if fp16:
         m, a, b = fp16['metric'], _fmt(fp16['fp32']), _fmt(fp16['fp16'])
         if fp16.get('unchanged'):
             dtype += f' (float16 leaves the test {m} unchanged: {b})'
         elif dtype == 'float16':
             dtype += (f" (float16 moves the test {m} {a} -> {b}, within the {fp16.get('tolerance')}-point tolerance; "
-                      f"the val/test numbers above are those of the float16 weights)")
+                      f"the metrics above are those of the float16 weights)")
         else:
             dtype += f' (float16 would change the test {m}: {a} -> {b})'
-    lines += [f"- **weights**: `model.safetensors`, sha256 `{qz.get('sha256', '?')}`, stored as {dtype}",
-              f"- **input**: {pc.get('input_size')}, mean {pc.get('mean')}, std {pc.get('std')}",
-              f"- **license**: {pc.get('license', '?')}",
-              '', '```python',
-              'import qzoo, timm, torch']
-    if '.' in name:
-        arch, tag = name.split('.', 1)
-        lines += [f"model = timm.create_model('{name}', pretrained=True)   # after `import qzoo`",
-                  f"model = qzoo.create_model('{name}', pretrained=True)",
-                  f"model = torch.hub.load('<owner>/qzoo', '{arch}', pretrained=True, pretrained_cfg='{tag}', "
-                  f"trust_repo=True)"]
-    else:
-        lines.append("model = qzoo.hub.from_pretrained('<this folder or hf-hub:org/name>')")
-    lines.append('```')
-    return '\n'.join(lines) + '\n'
+    return f"- **weights**: `model.safetensors`, sha256 `{w['sha256']}`, stored as {dtype}"
 
 
-def model_card(config: Dict[str, Any], name: str = None) -> str:
-    """A Hugging Face model card (README.md) for one checkpoint folder's config.json."""
+def _usage(w: Mapping[str, Any]) -> List[str]:
+    name = f"{w['architecture']}.{w['experiment']}-s{w['seed']}"
+    return ['```python', 'import qzoo, timm, torch', '',
+            f"model = timm.create_model('{name}', pretrained=True).eval()   # after `import qzoo`",
+            f"model = qzoo.create_model('{name}', pretrained=True).eval()",
+            f"model = torch.hub.load('<path to a qzoo checkout>', '{w['architecture']}', source='local', "
+            f"pretrained=True, pretrained_cfg='{w['experiment']}-s{w['seed']}')",
+            '```']
+
+
+def published_card(w: Mapping[str, Any]) -> str:
+    """The card of a published checkpoint, from its record as a dict (:meth:`Weights.to_dict`)."""
+    name = f"{w['architecture']}.{w['experiment']}-s{w['seed']}"
+    default = (f"**Yes**: `pretrained=True` on `{w['architecture']}` loads these weights. {w['default_reason']}"
+               if w.get('default') else f"no (see `{w['architecture']}`'s default in MODEL_CARDS.md)")
+    lines = _front(w['license'], _pipeline_tag(w['task'], w['input_size']), w['dataset']) + [
+        f'# {name}', '',
+        f"`{w['architecture']}` trained on `{w['dataset']}` ({w['task']}), seed {w['seed']}.", '',
+        f"- **architecture**: `{w['architecture']}`" + (f" with `{json.dumps(w['model_args'], sort_keys=True)}`"
+                                                         if w['model_args'] else '') + f", neuron `{w['neuron']}`",
+        f"- **parameters**: {w['params']:,}; **MACs** (quadratic-aware, one input {list(w['input_size'])}): "
+        f"{w['macs']:,}",
+        f"- **validation** (`{w['dataset']}`, split `val`): {_metrics(w['val'])}",
+        f"- **test** (`{w['dataset']}`, split `test`): {_metrics(w['test'])}"
+        + (f" ({w['training']['metrics_from']})" if w['training'].get('metrics_from') else ''),
+        f'- **default weights**: {default}',
+    ] + _training_lines(w) + [
+        _weights_line(w),
+        f"- **classes** (output order): {', '.join(w['label_names'])}" if w.get('label_names') else
+        f"- **output**: {w['num_classes']} channel(s) ({w['task']})",
+        f"- **license**: {w['license']}", '', '## Use', ''] + _usage(w) + [
+        '', '## Citation', '', '```bibtex', CITATION, '```', '']
+    return '\n'.join(lines)
+
+
+def model_card(config: Mapping[str, Any], name: Optional[str] = None) -> str:
+    """A card for a folder's config.json: the published record's card when the config carries one
+    (``qzoo.weights``), else a short card for a folder saved by ``save_pretrained``."""
     qz = config.get('qzoo', {})
-    res = qz.get('results', {})
+    if qz.get('weights'):
+        return published_card(qz['weights'])
     pc = config.get('pretrained_cfg', {})
-    name = name or (f"{config['architecture']}.{pc['tag']}" if pc.get('tag') else config['architecture'])
-    front = ['---', 'library_name: timm', f"license: {pc.get('license', 'apache-2.0')}",
-             'tags:', f'- {_pipeline_tag(res)}',
-             '- quadratic-neurons', '- qzoo']
-    if res.get('dataset'):
-        front += ['datasets:', f"- {res['dataset']}"]
-    front += ['---', '']
-    return '\n'.join(front) + f'# {name}\n\n' + _body(config, name, heading=False) + \
-        f'\n## Citation\n\n```bibtex\n{CITATION}\n```\n'
+    res = qz.get('results') or {}
+    name = name or config['architecture']
+    lines = _front(pc.get('license', 'apache-2.0'), _pipeline_tag(res.get('task', 'classification'), pc.get('input_size')),
+                   res.get('dataset')) + [
+        f'# {name}', '',
+        f"- **architecture**: `{config['architecture']}` with model args "
+        f"`{json.dumps(config.get('model_args', {}), sort_keys=True)}`, neuron `{qz.get('neuron', '?')}`",
+        f"- **parameters**: {qz.get('params', '?'):,}" if isinstance(qz.get('params'), int) else
+        f"- **parameters**: {qz.get('params', '?')}"]
+    for split in ('val', 'test'):
+        if res.get(split):
+            lines.append(f"- **{split}** (`{res.get('dataset', '?')}`): {_metrics(res[split])}")
+    lines += [f"- **weights**: `model.safetensors`, sha256 `{qz.get('sha256', '?')}`, stored as "
+              f"{qz.get('weights_dtype', '?')}", '', '```python', 'import qzoo',
+              "model = qzoo.hub.from_pretrained('<this folder>')", '```', '',
+              '## Citation', '', '```bibtex', CITATION, '```', '']
+    return '\n'.join(lines)
 
 
-def zoo_cards(entries: Dict[str, Dict[str, Any]], root: Path) -> str:
-    """MODEL_CARDS.md: every published checkpoint's card, from its folder's config.json."""
+def _spread(values: List[float]) -> str:
+    if len(values) < 2:
+        return f'{values[0]:.2f}'
+    return f'{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}'
+
+
+def zoo_index(records: Iterable[Mapping[str, Any]], folder_url: str = 'qzoo/checkpoints') -> str:
+    """MODEL_CARDS.md: one table row per published checkpoint, grouped by dataset, with the
+    experiment's mean ± std over seeds beside each and the architecture's default marked."""
+    recs = sorted(records, key=lambda w: (w['dataset'], w['architecture'], w['experiment'], w['seed']))
+    groups: Dict[str, List[float]] = {}
+    for w in recs:
+        groups.setdefault(f"{w['architecture']}.{w['experiment']}", []).append(w['test'][w['primary_metric']])
     out = ['# qzoo model cards', '',
-           'Generated by `make cards` (eval/cards.py) from `checkpoints/*/config.json`; '
-           'a test fails when this file is stale. Metrics are on the named dataset\'s *test* split, '
-           'measured once after model selection on the *validation* split.', '']
-    if not entries:
-        out += ['No checkpoints are published yet.', '']
-    for name in sorted(entries):
-        cfg = json.loads((root / entries[name]['folder'] / 'config.json').read_text())
-        out.append(_body(cfg, name))
-    out += ['## Citation', '', '```bibtex', CITATION, '```', '']
+           'Generated from the weights records (`qzoo/checkpoints/manifest.json`) by `make cards`; a test fails '
+           'when this file is stale. Each name links to its card. Metrics are on the named dataset\'s *test* split, '
+           'measured once after selecting the epoch on the *validation* split; "experiment" is the mean ± std over '
+           'its seeds (sample std). ★ marks the weights `pretrained=True` loads for that architecture.', '']
+    if not recs:
+        return '\n'.join(out + ['No checkpoints are published yet.', ''])
+    dataset = None
+    for w in recs:
+        if w['dataset'] != dataset:
+            dataset = w['dataset']
+            out += ['', f'## {dataset} (test {w["primary_metric"]})', '',
+                    '| weights | params | MACs | val | test | experiment (seeds) | dtype |',
+                    '|---|---:|---:|---:|---:|---:|---|']
+        name = f"{w['architecture']}.{w['experiment']}-s{w['seed']}"
+        key = w['primary_metric']
+        g = groups[f"{w['architecture']}.{w['experiment']}"]
+        out.append(f"| {'★ ' if w.get('default') else ''}[{name}]({folder_url}/{name}/README.md) | {w['params']:,} | "
+                   f"{w['macs']:,} | {w['val'][key]:.2f} | {w['test'][key]:.2f} | {_spread(g)} ({len(g)}) | "
+                   f"{w['weights_dtype']} |")
+    out += ['', '## Citation', '', '```bibtex', CITATION, '```', '']
     return '\n'.join(out)

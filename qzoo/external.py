@@ -343,9 +343,9 @@ def _resolve(dotted: str):
 
 
 def _build(entry: ExternalCheckpoint) -> nn.Module:
-    from .models import ENTRYPOINTS, CifarResNet
+    from .models import MODEL_FACTORIES, CifarResNet
     from .models._common import cfg
-    if entry.arch in ENTRYPOINTS:
+    if entry.arch in MODEL_FACTORIES:
         from .registry import create_model
         return create_model(entry.arch, shortcut=entry.shortcut, num_classes=entry.num_classes)
     # depths qzoo does not register (resnet1202): the same class, with a cfg of the same form

@@ -1,42 +1,199 @@
-"""Publish a training run's folder as a zoo checkpoint: ``checkpoints/<arch>.<tag>/`` (the
-Hugging Face repo layout), an entry in ``checkpoints/manifest.json`` (SHA-256, model args,
-dataset, metrics) and regenerated ``MODEL_CARDS.md``.
+"""Publish training runs as zoo checkpoints, and keep every generated file in step with the records.
 
-Weights are stored in float16 when that leaves the test metric *unchanged* (measured by
-evaluating the float16-rounded weights on the test split), else float32.
+A published checkpoint is a folder ``<checkpoints>/<architecture>.<experiment>-s<seed>/``
+(the Hugging Face repository layout: ``model.safetensors``, ``config.json``, ``README.md``,
+plus the run's ``recipe.yaml`` and ``log.jsonl``) and a :class:`~qzoo.weights.Weights`
+record in ``manifest.json``. ``config.json``, the card and ``MODEL_CARDS.md`` are generated
+from the record (:func:`write_folder_metadata`, :func:`refresh`).
+
+Publishing is atomic: the new folder is built beside the old one and swapped in only when
+complete, then the manifest is replaced in one rename; a failure at any point leaves the
+previous checkpoint and manifest as they were. Weights are stored in float16 when that
+moves the primary test metric by at most :data:`FP16_TOLERANCE` points (measured here by
+evaluating both), else in float32; the published metrics are those of the stored weights.
+
+Each architecture's default weights (what ``pretrained=True`` loads) follow one stated rule
+(:func:`choose_default`): its preferred experiment (:data:`PREFERRED_EXPERIMENT`), then the
+seed with the median validation metric, so the default is a typical run, not the luckiest.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
-import re
 import shutil
+import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .cards import zoo_cards
-from .hub import CHECKPOINTS_DIR, HF_ORG, MANIFEST, REPO_ROOT, from_pretrained, published, save_pretrained
+from .cards import model_card, zoo_index
+from .errors import CheckpointError, RunDirError
+from .fileio import atomic_write_json, atomic_write_text
+from .hub import from_pretrained, write_config
+from .models import MODEL_FACTORIES
+from .registry import create_model, register_all, tag_cfg
+from .serialization import save_weights
+from .weights import (TAG_PATTERN, Weights, all_weights, checkpoints_dir, clear_cache, manifest_path,
+                      WEIGHTS_NAME)
 
-__all__ = ['publish', 'set_default', 'write_cards', 'CARDS']
-
-CARDS = REPO_ROOT / 'MODEL_CARDS.md'
-_TAG = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
-
-
-def write_cards() -> Path:
-    CARDS.write_text(zoo_cards(published(), CHECKPOINTS_DIR))
-    return CARDS
-
+__all__ = ['publish', 'set_default', 'choose_default', 'refresh', 'write_folder_metadata', 'variant_of',
+           'index_path', 'FP16_TOLERANCE', 'PREFERRED_EXPERIMENT']
 
 FP16_TOLERANCE = 0.02  # points of the primary test metric that storing float16 may cost (2 images in 10k)
 
+#: data (qzoo.data name) -> (the experiment an architecture's default weights come from, why)
+PREFERRED_EXPERIMENT: Dict[str, Tuple[str, str]] = {
+    'cwru': ('cwru-snr-6db', 'the noisy condition (SNR -6 dB) is the one QCNN was designed for and the one where '
+                             'the models differ; on clean signals every model is near 100%'),
+    'synthetic': ('synthetic-circles-d2', 'circles is the first task of the paper\'s synthetic study'),
+}
+
+
+# ---- records and their files ---------------------------------------------------------------
+def index_path() -> Optional[Path]:
+    """``MODEL_CARDS.md`` of the checkout that holds the checkpoints (None outside a checkout)."""
+    root = checkpoints_dir().resolve().parent.parent
+    return root / 'MODEL_CARDS.md' if (root / 'pyproject.toml').is_file() else None
+
+
+def write_folder_metadata(w: Weights, folder: Optional[Path] = None) -> None:
+    """(Re)write ``config.json`` and ``README.md`` of ``w``'s folder (or ``folder``) from the record."""
+    folder = Path(folder or w.folder)
+    with torch.device('meta'):
+        model = create_model(w.architecture, **dict(w.model_args))
+    model.pretrained_cfg = dict(tag_cfg(w), architecture=w.architecture, tag=w.tag)
+    model._model_args = dict(w.model_args)
+    qz = dict(sha256=w.sha256, neuron=w.neuron, params=w.params, weights_dtype=w.weights_dtype, weights=w.to_dict())
+    config = write_config(model, folder / 'config.json', qz, w.label_names)
+    atomic_write_text(folder / 'README.md', model_card(config))
+
+
+def _write_manifest(records: Dict[str, Weights]) -> None:
+    path = manifest_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {n: records[n].to_dict() for n in sorted(records)})
+    clear_cache()
+
+
+def _write_index(records: Dict[str, Weights]) -> None:
+    path = index_path()
+    if path is not None:
+        atomic_write_text(path, zoo_index([w.to_dict() for w in records.values()]))
+
+
+# ---- defaults ----------------------------------------------------------------------------------
+def choose_default(records: List[Weights]) -> Tuple[Weights, str]:
+    """The default among one architecture's records, and the reason, by the module's rule."""
+    if not records:
+        raise ValueError('choose_default needs at least one record')
+    experiments = sorted({w.experiment for w in records})
+    pref = PREFERRED_EXPERIMENT.get(records[0].data_spec['name'])
+    if pref and pref[0] in experiments:
+        exp, why = pref[0], pref[1]
+    elif len(experiments) == 1:
+        exp, why = experiments[0], 'its only experiment'
+    else:
+        exp, why = experiments[0], 'the first of its experiments in name order'
+    seeds = sorted((w for w in records if w.experiment == exp), key=lambda w: (w.val[w.primary_metric], w.seed))
+    pick = seeds[(len(seeds) - 1) // 2]
+    metric = pick.primary_metric
+    if len(seeds) == 1:
+        seed_why = f'seed {pick.seed}: its only seed'
+    else:
+        vals = ', '.join(f's{w.seed} {w.val[metric]:.2f}' for w in sorted(seeds, key=lambda w: w.seed))
+        seed_why = (f'seed {pick.seed}: the median validation {metric} of its {len(seeds)} seeds ({vals}), so the '
+                    f'default is a typical run, not the luckiest')
+    return pick, f'Experiment `{exp}`: {why}. {seed_why[0].upper() + seed_why[1:]}.'
+
+
+def _apply_defaults(records: Dict[str, Weights], pinned: Optional[Dict[str, Tuple[str, str]]] = None
+                    ) -> Dict[str, Weights]:
+    """Records with ``default``/``default_reason`` set by :func:`choose_default` for every architecture,
+    except those ``pinned`` (architecture -> (name, reason)) by hand."""
+    pinned = pinned or {}
+    by_arch: Dict[str, List[Weights]] = {}
+    for w in records.values():
+        by_arch.setdefault(w.architecture, []).append(w)
+    out = {}
+    for arch, ws in by_arch.items():
+        if arch in pinned:
+            name, reason = pinned[arch]
+        else:
+            pick, reason = choose_default(ws)
+            name = pick.name
+        for w in ws:
+            out[w.name] = _replace(w, default=w.name == name, default_reason=reason if w.name == name else '')
+    return out
+
+
+def _replace(w: Weights, **changes) -> Weights:
+    return Weights.from_dict(dict(w.to_dict(), **changes), f'record {w.name}')
+
+
+def _pinned(records: Dict[str, Weights]) -> Dict[str, Tuple[str, str]]:
+    return {w.architecture: (w.name, w.default_reason) for w in records.values()
+            if w.default and w.default_reason.startswith('Chosen by hand')}
+
+
+def set_default(name: str, reason: str) -> Weights:
+    """Make published weights ``name`` their architecture's default by hand; ``reason`` is stated on the card."""
+    records = dict(all_weights())
+    if name not in records:
+        raise CheckpointError(f'{name!r} is not published; published: {", ".join(sorted(records))}')
+    if not reason or not reason.strip():
+        raise ValueError('set_default needs a reason: it is printed on the card')
+    pinned = _pinned(records)
+    pinned[records[name].architecture] = (name, f'Chosen by hand: {reason.strip()}')
+    _commit(_apply_defaults(records, pinned), changed=[w.architecture for w in [records[name]]])
+    return all_weights()[name]
+
+
+def _commit(records: Dict[str, Weights], changed: List[str]) -> None:
+    """Write the manifest, the metadata of every folder of the ``changed`` architectures, the index."""
+    old = all_weights()
+    _write_manifest(records)
+    register_all()  # timm's cfgs follow the new records
+    for w in records.values():
+        if w.architecture in changed or old.get(w.name) != w:
+            write_folder_metadata(w)
+    _write_index(records)
+
+
+def refresh() -> int:
+    """Regenerate every folder's config.json and card, the defaults, the manifest and the index from the
+    records (weights untouched). Returns the number of checkpoints."""
+    records = _apply_defaults(dict(all_weights()), _pinned(all_weights()))
+    _write_manifest(records)
+    register_all()
+    for w in records.values():
+        write_folder_metadata(w)
+    _write_index(records)
+    return len(records)
+
+
+# ---- publishing a run --------------------------------------------------------------------------
+def variant_of(model: torch.nn.Module) -> Tuple[str, Dict[str, Any]]:
+    """The registered architecture that builds exactly ``model``'s structure (with only ``num_classes``
+    and ``in_chans``), and those arguments; CheckpointError when none does."""
+    want = repr(model)
+    args = {k: getattr(model, k) for k in ('num_classes', 'in_chans') if isinstance(getattr(model, k, None), int)}
+    for name, fn in MODEL_FACTORIES.items():
+        try:
+            with torch.device('meta'):
+                if repr(fn(**args)) == want:
+                    return name, args
+        except (TypeError, ValueError):
+            continue
+    raise CheckpointError(f'no registered qzoo architecture builds this model ({type(model).__name__}, '
+                          f'{getattr(model, "_model_args", {})}): publish registers weights only under an '
+                          f'architecture name. Fix: add a factory for this variant in qzoo/models')
+
 
 def _evaluate_here(model: torch.nn.Module, spec: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{'float32'|'float16': {'val'|'test': metrics}}: ``model`` as trained and with its weights rounded
-    to float16 (on a copy), evaluated here (float32 compute, this machine) on dataset ``spec``."""
+    """{'float32'|'float16': {'val'|'test': metrics}}: the weights as trained and rounded to float16 (a copy),
+    evaluated here in float32 on dataset ``spec``."""
     from .evaluation import evaluate_on
     rounded = copy.deepcopy(model)
     with torch.no_grad():
@@ -47,103 +204,128 @@ def _evaluate_here(model: torch.nn.Module, spec: Dict[str, Any]) -> Dict[str, Di
             for dtype, m in (('float32', model), ('float16', rounded))}
 
 
-def _choose_storage(results: Dict[str, Any], here, dtype: str):
-    """The storage dtype and the fp16 check recorded with it. 'auto': float16 when the float16-rounded weights
-    keep the primary test metric within FP16_TOLERANCE points of the float32 weights (both evaluated here)."""
+def _storage(results: Dict[str, Any], here, dtype: str) -> Tuple[str, Dict[str, Any]]:
     key = results['primary_metric']
     f32, f16 = here['float32']['test'][key], here['float16']['test'][key]
-    check = dict(metric=key, fp32=f32, fp16=f16, unchanged=here['float16'] == here['float32'],
-                 tolerance=FP16_TOLERANCE)
+    check = dict(metric=key, fp32=f32, fp16=f16, unchanged=here['float16'] == here['float32'], tolerance=FP16_TOLERANCE)
     if dtype == 'auto':
         dtype = 'float16' if abs(f16 - f32) <= FP16_TOLERANCE else 'float32'
+    if dtype not in ('float16', 'float32'):
+        raise ValueError(f"dtype must be 'auto', 'float16' or 'float32', got {dtype!r}")
     return dtype, check
 
 
-def _write_manifest(entries: Dict[str, Any]) -> None:
-    CHECKPOINTS_DIR.mkdir(exist_ok=True)
-    tmp = MANIFEST.with_name(MANIFEST.name + '.tmp')  # atomic: other processes read it at import
-    tmp.write_text(json.dumps(dict(sorted(entries.items())), indent=2) + '\n')
-    os.replace(tmp, MANIFEST)
-
-
-def set_default(name: str) -> None:
-    """Make published checkpoint ``name`` its architecture's ``pretrained=True`` default."""
-    entries = published()
-    if name not in entries:
-        raise ValueError(f'{name!r} is not published; published: {", ".join(sorted(entries))}')
-    arch = entries[name]['architecture']
-    for k, e in entries.items():
-        if e['architecture'] == arch:
-            e['default'] = k == name
-    _write_manifest(entries)
-    write_cards()
-
-
 def _recipe_overrides(run: Path, results: Dict[str, Any]) -> List[str]:
-    """``key=value`` for every recipe key whose value in the run (its resolved recipe.yaml) differs from
-    what the recipe file named in results.json gives today: the overrides the run was started with."""
+    """``key=value`` for every recipe key whose value in the run (its resolved recipe.yaml) differs from what
+    the recipe file named in results.json gives today: the overrides the run was started with."""
     import yaml
-
-    from .engine import load_recipe
-    path = Path(results.get('recipe') or '')
-    if not path.is_absolute():
-        path = REPO_ROOT / path
+    from .recipe import load_recipe
+    rel = Path(results.get('recipe') or '')
+    # a relative recipe path is relative to where training ran: this directory or the checkout
+    path = next((b / rel for b in (Path.cwd(), Path(__file__).resolve().parents[1]) if (b / rel).is_file()), rel)
     if not results.get('recipe') or not path.is_file() or not (run / 'recipe.yaml').is_file():
         return []
-    ran, now = yaml.safe_load((run / 'recipe.yaml').read_text()), load_recipe(path)
+    ran, now = yaml.safe_load((run / 'recipe.yaml').read_text()), load_recipe(path).to_dict()
     return [f'{k}={json.dumps(ran.get(k), separators=(",", ":"))}' for k in sorted(set(ran) | set(now))
             if ran.get(k) != now.get(k) and (ran.get(k) or now.get(k))]  # None and {} alike
 
 
-def publish(run_dir, tag: str, default: bool = False, dtype: str = 'auto') -> Dict[str, Any]:
-    """Copy run folder ``run_dir`` into ``checkpoints/<arch>.<tag>/`` and register it.
-    ``dtype``: 'auto' (float16 if it moves the primary test metric by at most FP16_TOLERANCE points),
-    'float16' or 'float32'. The val/test metrics published are those of the stored weights evaluated here;
-    where they differ from training's (another device, float16 rounding), training's stay in ``at_training``."""
-    run = Path(run_dir)
-    results = json.loads((run / 'results.json').read_text())
+def _read_run(run: Path) -> Dict[str, Any]:
+    if not run.is_dir():
+        raise RunDirError(f'{run} is not a run folder. Fix: give the --out folder of a finished recipes/train.py run')
+    missing = [f for f in ('results.json', 'config.json', WEIGHTS_NAME, 'recipe.yaml', 'log.jsonl')
+               if not (run / f).is_file()]
+    if missing:
+        raise RunDirError(f'{run} lacks {", ".join(missing)}: it is not a finished run. Fix: finish it '
+                          f'(recipes/train.py --resume) before publishing')
+    try:
+        results = json.loads((run / 'results.json').read_text())
+    except ValueError as e:
+        raise RunDirError(f'{run / "results.json"} is not JSON ({e}). Fix: re-run the training') from None
     if results.get('smoke'):
         raise ValueError(f'{run} is a --smoke run; publish real runs only')
-    if not _TAG.match(tag):
-        raise ValueError(f'tag {tag!r}: use letters, digits, ".", "_" and "-"')
-    arch = results['model']
-    name = f'{arch}.{tag}'
-    model = from_pretrained(run)
-    here = _evaluate_here(model, results['data_spec'])
-    dtype, check = _choose_storage(results, here, dtype)
-    store = {'float16': torch.float16, 'float32': torch.float32}[dtype]
-    folder = CHECKPOINTS_DIR / name
-    if folder.exists():
-        shutil.rmtree(folder)
-    results = dict(results, published_as=name, weights_dtype=dtype, fp16_check=check,
-                   recipe_overrides=_recipe_overrides(run, results))
+    if results.get('model') not in MODEL_FACTORIES:
+        raise CheckpointError(f'{run / "results.json"} names model {results.get("model")!r}, which is not a qzoo '
+                              f'architecture (qzoo.list_models()). Fix: publish the runs recipes/train.py wrote')
+    return results
+
+
+def _record(results, run, variant, args, experiment, here, dtype, check, sha, ds) -> Weights:
     mine = here[dtype]
+    training = {k: results.get(k) for k in ('recipe', 'recipe_sha256', 'epochs', 'selected_epoch', 'selection',
+                                            'device', 'world_size', 'wall_time_s', 'torch', 'qzoo')}
+    training.update(recipe_overrides=_recipe_overrides(run, results), fp16_check=check,
+                    splits=results.get('data', {}).get('splits'))
     if (mine['val'], mine['test']) != (results['val'], results['test']):
-        # what a user re-evaluating the published file gets: the card's numbers; those of training kept beside
-        results['at_training'] = dict(val=results['val'], test=results['test'], device=results['device'])
-        results.update(val=mine['val'], test=mine['test'],
-                       metrics_from=f'the published {dtype} weights, evaluated in float32 on the CPU when published')
-    save_pretrained(model, folder, results=results, dtype=store, name=name)
-    for f in ('recipe.yaml', 'log.jsonl'):
-        shutil.copy2(run / f, folder / f)
-    (folder / 'results.json').write_text(json.dumps(results, indent=2))
-    cfg = json.loads((folder / 'config.json').read_text())
-    entries = published()
-    if default:
-        for e in entries.values():
-            if e['architecture'] == arch:
-                e['default'] = False
-    entries[name] = dict(
-        architecture=arch, tag=tag, model_args=cfg.get('model_args', {}), folder=name,
-        sha256=cfg['qzoo']['sha256'], hf_hub_id=f'{HF_ORG}/{name}', dataset=results['dataset'],
-        data_spec=results['data_spec'], task=results['task'], num_classes=cfg['num_classes'],
-        input_size=cfg['pretrained_cfg']['input_size'], params=results['params'], macs=results['macs'],
-        neuron=results['neuron'], seed=results['seed'], group=re.sub(r'-s\d+$', '', tag),
-        primary_metric=results['primary_metric'], test=results['test'], val=results['val'],
-        # republishing keeps a default; the first checkpoint of an architecture becomes its default
-        default=bool(default or entries.get(name, {}).get('default') or not any(
-            e['architecture'] == arch and e.get('default') for n, e in entries.items() if n != name)),
-    )
-    _write_manifest(entries)
-    write_cards()
-    return entries[name]
+        training['at_training'] = dict(val=results['val'], test=results['test'], device=results['device'])
+        training['metrics_from'] = f'the published {dtype} weights, evaluated in float32 on the CPU when published'
+    return Weights(
+        architecture=variant, model_args=args, dataset=results['dataset'], num_classes=ds.num_classes,
+        params=results['params'], label_names=tuple(ds.classes) if ds.task == 'classification' and ds.classes else None,
+        experiment=experiment, seed=int(results['seed']), task=results['task'], data_spec=results['data_spec'],
+        input_size=input_size_of(ds.in_shape), neuron=results['neuron'], macs=results['macs'],
+        primary_metric=results['primary_metric'], val=mine['val'], test=mine['test'], sha256=sha,
+        weights_dtype=dtype, training=training)
+
+
+def input_size_of(in_shape) -> Tuple[int, ...]:
+    """timm's 3-tuple input_size for a sample shape: (C, H, W) as is, (C, L) -> (C, 1, L), (F,) -> (F, 1, 1)."""
+    s = tuple(int(v) for v in in_shape)
+    return s if len(s) == 3 else (s[0], 1, s[1]) if len(s) == 2 else (s[0], 1, 1)
+
+
+def _swap_in(tmp: Path, final: Path, records: Dict[str, Weights], changed: str) -> None:
+    """Replace ``final`` by ``tmp`` and write the manifest; on failure restore the previous state."""
+    old = final.with_name(f'.old-{final.name}-{os.getpid()}')
+    had = final.exists()
+    if had:
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+        _commit(records, changed=[changed])
+    except BaseException:
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        if had:
+            os.replace(old, final)
+        raise
+    if had:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def publish(run_dir, experiment: str, dtype: str = 'auto') -> Weights:
+    """Publish run folder ``run_dir`` as ``<architecture>.<experiment>-s<seed>``. ``experiment`` names the
+    training (data, recipe), e.g. ``cwru-clean``; the seed comes from the run. Returns the record."""
+    from .data import load_dataset
+    run = Path(run_dir)
+    if not TAG_PATTERN.match(experiment or '') or experiment.endswith(tuple(f'-s{i}' for i in range(10))):
+        raise ValueError(f'experiment {experiment!r}: use letters, digits, ".", "_" and "-", without the seed '
+                         f'(it is added as -s<seed>)')
+    results = _read_run(run)
+    model = from_pretrained(run)
+    variant, args = variant_of(model)
+    ds = load_dataset(results['data_spec']['name'], splits=('test',), **results['data_spec']['args'])
+    here = _evaluate_here(model, results['data_spec'])
+    dtype, check = _storage(results, here, dtype)
+    root = checkpoints_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    name = f'{variant}.{experiment}-s{int(results["seed"])}'
+    tmp = root / f'.tmp-{name}-{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        meta = dict(format='pt', architecture=variant, model_args=json.dumps(args, sort_keys=True),
+                    neuron=results['neuron'], params=str(results['params']), dtype=dtype)
+        sha = save_weights(model.state_dict(), tmp / WEIGHTS_NAME, meta,
+                           {'float16': torch.float16, 'float32': torch.float32}[dtype])
+        w = _record(results, run, variant, args, experiment, here, dtype, check, sha, ds)
+        for f in ('recipe.yaml', 'log.jsonl'):
+            shutil.copyfile(run / f, tmp / f)
+        records = dict(all_weights())
+        records[w.name] = w
+        records = _apply_defaults(records, _pinned(records))
+        write_folder_metadata(records[w.name], tmp)
+        _swap_in(tmp, root / w.name, records, w.architecture)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return all_weights()[w.name]

@@ -86,17 +86,44 @@ def test_hf_hub_missing_offline_is_clear(hf_offline):
         hub.from_pretrained('hf-hub:someone/absent')
 
 
-def test_url_spec_through_torch_hub_cache(saved, tmp_path, monkeypatch):
+def _url_cache(hub_dir, url):
+    from qzoo.fileio import sha256_bytes
+    return hub_dir / 'checkpoints' / 'qzoo-url' / sha256_bytes(url)[:16] / url.rsplit('/', 1)[1]
+
+
+def test_url_spec_through_torch_hub_cache_keyed_by_url(saved, tmp_path, monkeypatch):
+    """Two sites' model.safetensors are two cache entries (the cache is keyed by the whole URL)."""
     model, folder = saved
-    sha = hub.sha256_file(folder / 'model.safetensors')
-    served = tmp_path / 'served' / f'qresnet8-{sha[:8]}.safetensors'
-    served.parent.mkdir()
-    shutil.copy(folder / 'model.safetensors', served)
+    other = qzoo.create_model('qresnet8', width=4, num_classes=7).eval()
+    other_folder = hub.save_pretrained(other, tmp_path / 'other')
+    hub_dir = tmp_path / 'torch-hub'
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(hub_dir))
+    a, b = 'https://site-a.example/x/model.safetensors', 'https://site-b.example/x/model.safetensors'
+    for url, f in ((a, folder), (b, other_folder)):
+        _url_cache(hub_dir, url).parent.mkdir(parents=True)
+        shutil.copy(f / 'model.safetensors', _url_cache(hub_dir, url))  # as a download would leave it
+    assert _same(model, hub.from_pretrained(a)) and _same(other, hub.from_pretrained(b))
+    assert not _same(model, hub.from_pretrained(b))
+
+
+@pytest.mark.parametrize('url', ['file:///etc/passwd', 'http://example.org/model.safetensors', 'ftp://x/y.safetensors'])
+def test_only_https_urls_are_fetched(url, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'torch-hub'))
-    assert _same(model, hub.from_pretrained(served.as_uri()))            # downloaded into the hub cache
-    assert (tmp_path / 'torch-hub' / 'checkpoints' / served.name).is_file()
-    served.unlink()
-    assert _same(model, hub.from_pretrained(served.as_uri()))            # now from the cache, offline
+    with pytest.raises(CheckpointError, match='only https://'):
+        hub.from_pretrained(url)
+    assert not (tmp_path / 'torch-hub').exists()  # nothing copied into the cache
+
+
+def test_torch_hub_hash_prefix_only_with_check_hash(saved, tmp_path, monkeypatch):
+    model, folder = saved
+    hub_dir = tmp_path / 'torch-hub'
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(hub_dir))
+    url = 'https://site.example/w/qresnet8-deadbeef.safetensors'
+    _url_cache(hub_dir, url).parent.mkdir(parents=True)
+    shutil.copy(folder / 'model.safetensors', _url_cache(hub_dir, url))
+    assert _same(model, hub.from_pretrained(url))                 # a name is not a hash unless asked
+    with pytest.raises(CheckpointError, match='fails its hash check'):
+        hub.from_pretrained(url, check_hash=True)
 
 
 def test_hash_mismatch_is_clear(saved):
@@ -110,12 +137,21 @@ def test_hash_mismatch_is_clear(saved):
     assert 'checksum mismatch' in msg and str(folder / 'model.safetensors') in msg and 'f' * 64 in msg and 'Fix' in msg
 
 
-def test_hash_in_file_name_is_checked(saved, tmp_path):
+def test_hex_in_a_local_file_name_is_not_a_hash(saved, tmp_path):
+    model, folder = saved
+    f = tmp_path / 'mlp-20240501.safetensors'
+    shutil.copy(folder / 'model.safetensors', f)
+    assert _same(model, hub.from_pretrained(f))
+
+
+@pytest.mark.parametrize('value', ['', 'abc', None, 'F' * 64])
+def test_empty_or_malformed_recorded_hash_is_refused(saved, value):
     _, folder = saved
-    bad = tmp_path / 'qresnet8-deadbeef.safetensors'
-    shutil.copy(folder / 'model.safetensors', bad)
-    with pytest.raises(CheckpointError, match='expected SHA-256 deadbeef'):
-        hub.from_pretrained(bad)
+    cfg = json.loads((folder / 'config.json').read_text())
+    cfg['qzoo']['sha256'] = value
+    (folder / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match='not a 64-digit hex digest'):
+        hub.from_pretrained(folder)
 
 
 def test_truncated_file_is_clear(saved):
@@ -123,7 +159,7 @@ def test_truncated_file_is_clear(saved):
     f = folder / 'model.safetensors'
     f.write_bytes(f.read_bytes()[:1000])
     cfg = json.loads((folder / 'config.json').read_text())
-    cfg['qzoo'].pop('sha256')
+    del cfg['qzoo']  # a folder not written by qzoo records no hash
     (folder / 'config.json').write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match='corrupt or truncated'):
         hub.from_pretrained(folder)
@@ -136,7 +172,6 @@ def test_architecture_mismatch_names_file_and_keys(saved):
     assert 'do not fit qresnet8' in str(e.value) and 'shape mismatches' in str(e.value)
     cfg = json.loads((folder / 'config.json').read_text())
     cfg['architecture'] = 'resnet8'
-    cfg['qzoo'].pop('sha256')
     (folder / 'config.json').write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match='missing .* keys|unexpected .* keys'):
         hub.from_pretrained(folder)

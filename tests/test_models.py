@@ -24,12 +24,11 @@ for _n in ALL:
 
 def _input(model, batch=2):
     c, h, w = model.pretrained_cfg['input_size']
-    name = model.pretrained_cfg['architecture']
-    if name in ('mlp', 'qmlp'):
+    if isinstance(model, qzoo.models.MLP):
         return torch.randn(batch, c)
-    if name in ('wdcnn', 'qcnn'):
+    if isinstance(model, qzoo.models.BearingCNN):
         return torch.randn(batch, c, w)
-    if name.startswith('qresnet') and name in ('qresnet18', 'qresnet50'):
+    if isinstance(model, qzoo.models.QuadraticResNet):
         return torch.randn(batch, c, 64, 64)
     return torch.randn(batch, c, h, w)
 
@@ -37,6 +36,11 @@ def _input(model, batch=2):
 def test_all_families_registered():
     expect = {f'{q}resnet{d}' for q in ('', 'q') for d in (8, 14, 20, 32, 44, 56, 110)}
     expect |= {'mlp', 'qmlp', 'wdcnn', 'qcnn', 'unet', 'qunet', 'qresnet18', 'qresnet50'}
+    expect |= {'resnet20_w8', 'resnet20_w12', 'resnet20_w24', 'qresnet20_w8', 'qresnet20_w9', 'qresnet20_w12'}
+    expect |= {f'qresnet20_{f}_budget' for f in ('fan', 'fan_rg', 'fan_rb', 'quadralib', 'qres', 'power', 'lowrank2')}
+    expect |= {'wdcnn_w4', 'wdcnn_w8', 'qcnn_w8', 'qcnn_w32'}
+    expect |= {f'{q}unet_b{b}' for q in ('', 'q') for b in (4, 8, 16)}
+    expect |= {f'{q}mlp_h{h}' for q in ('', 'q') for h in (2, 4, 8, 16, 32)}
     assert set(ALL) == expect
     assert set(timm.list_models('q*')) >= {n for n in expect if n.startswith('q')}
     assert qzoo.list_models('qresnet*') == [n for n in ALL if n.startswith('qresnet')]
@@ -129,18 +133,20 @@ def test_name_clash_never_overwrites_timm():
     def resnet18(pretrained=False, **kwargs):
         return qzoo.create_model('resnet8', **kwargs)
     resnet18.__module__ = 'qzoo.models.cifar_resnet'
+    qzoo.models.BASE_CFGS['resnet18'] = qzoo.models.BASE_CFGS['resnet8']
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
-        registered = _register('resnet18', resnet18)
+        registered = _register('resnet18', resnet18, [])
     assert registered == 'qzoo_resnet18' and any('already has a model' in str(x.message) for x in w)
     assert timm.models.model_entrypoint('resnet18') is timm_resnet18
     assert isinstance(timm.create_model('qzoo_resnet18', width=4), qzoo.models.CifarResNet)
+    del qzoo.models.BASE_CFGS['resnet18']
 
 
 def test_pretrained_cfgs():
     for name in ALL:
         cfg = timm.models.get_pretrained_cfg(name)
-        assert cfg.license and cfg.paper_ids and cfg.first_conv is not None or name.endswith('mlp')
+        assert cfg.license and cfg.paper_ids and cfg.first_conv is not None or 'mlp' in name
     c = timm.create_model('resnet20').pretrained_cfg
     assert c['crop_pct'] == 1.0 and c['input_size'] == (3, 32, 32) and c['classifier'] == 'fc'
 

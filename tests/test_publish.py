@@ -1,14 +1,20 @@
-"""qzoo.publish: a real (tiny) run published into a temporary zoo: what is stored, recorded and carded."""
+"""qzoo.publish: a real (tiny) run published into a temporary zoo ($QZOO_CHECKPOINTS): what is stored,
+recorded and carded; atomic republishing; what is refused."""
 import json
+import os
+import shutil
 
 import pytest
 import torch
 
 from conftest import ROOT
-from qzoo import hub
+from qzoo import hub, weights
 from qzoo import publish as pub
-from qzoo.engine import load_recipe, train
+from qzoo.errors import CheckpointError, RunDirError
 from qzoo.evaluation import evaluate_on
+from qzoo.fileio import sha256_file
+from qzoo.recipe import load_recipe
+from qzoo.engine import train
 
 RECIPE = 'recipes/synthetic/circles-d2.yaml'
 
@@ -23,12 +29,17 @@ def run(tmp_path_factory):
 
 @pytest.fixture
 def zoo(tmp_path, monkeypatch):
-    ck = tmp_path / 'checkpoints'
-    for mod in (hub, pub):
-        monkeypatch.setattr(mod, 'CHECKPOINTS_DIR', ck)
-        monkeypatch.setattr(mod, 'MANIFEST', ck / 'manifest.json')
-    monkeypatch.setattr(pub, 'CARDS', tmp_path / 'MODEL_CARDS.md')
-    return ck
+    """An empty zoo in a checkout-like folder (the index MODEL_CARDS.md is written beside pyproject.toml)."""
+    (tmp_path / 'repo').mkdir()
+    (tmp_path / 'repo' / 'pyproject.toml').write_text('')
+    ck = tmp_path / 'repo' / 'qzoo' / 'checkpoints'
+    monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(ck))
+    monkeypatch.chdir(ROOT)
+    weights.clear_cache()
+    yield ck
+    weights.clear_cache()
+    from qzoo.registry import register_all
+    register_all()
 
 
 def _evaluate(folder):
@@ -37,48 +48,56 @@ def _evaluate(folder):
 
 
 def test_published_numbers_are_those_of_the_stored_weights(zoo, run):
-    e = pub.publish(run, 'h4-tiny-s0')
-    folder = zoo / 'qmlp.h4-tiny-s0'
-    res = json.loads((folder / 'results.json').read_text())
+    w = pub.publish(run, 'tiny')
+    assert w.name == 'qmlp_h4.tiny-s0' and w.architecture == 'qmlp_h4'  # the registered variant, seed from the run
+    folder = zoo / w.name
     again = _evaluate(folder)
-    assert again['test'] == res['test'] == e['test'] and again['val'] == res['val'] == e['val']
+    assert again['test'] == dict(w.test) and again['val'] == dict(w.val)
     trained = json.loads((run / 'results.json').read_text())
-    if res.get('at_training'):  # stored as float16 and it moved a metric
-        assert res['at_training']['test'] == trained['test'] and res['weights_dtype'] == 'float16'
+    if w.training.get('at_training'):  # stored as float16 and it moved a metric
+        assert w.training['at_training']['test'] == trained['test'] and w.weights_dtype == 'float16'
     else:
-        assert (res['val'], res['test']) == (trained['val'], trained['test'])
-    assert '## qmlp.h4-tiny-s0' in pub.CARDS.read_text()  # the zoo's cards were regenerated
-    assert json.loads((zoo / 'manifest.json').read_text())['qmlp.h4-tiny-s0']['sha256'] == hub.sha256_file(
-        folder / 'model.safetensors')
+        assert (dict(w.val), dict(w.test)) == (trained['val'], trained['test'])
+    assert '[qmlp_h4.tiny-s0](' in (zoo.parent.parent / 'MODEL_CARDS.md').read_text()
+    assert json.loads((zoo / 'manifest.json').read_text())[w.name]['sha256'] == sha256_file(folder / 'model.safetensors')
+    assert w.label_names == ('inner', 'outer') and w.input_size == (2, 1, 1)
+    assert w.default and 'only seed' in w.default_reason
+    import qzoo
+    m = qzoo.create_model('qmlp_h4', pretrained=True)  # the new default loads at once
+    assert m.pretrained_cfg['tag'] == 'tiny-s0'
 
 
 def test_overrides_are_recorded_and_carded(zoo, run):
-    pub.publish(run, 'h4-tiny-s0')
-    folder = zoo / 'qmlp.h4-tiny-s0'
-    res = json.loads((folder / 'results.json').read_text())
-    assert res['recipe_overrides'] == ['epochs=3', 'model="qmlp"', 'model_args={"hidden":[4]}']
-    card = (folder / 'README.md').read_text()
+    w = pub.publish(run, 'tiny')
+    assert w.training['recipe_overrides'] == ['epochs=3', 'model="qmlp"', 'model_args={"hidden":[4]}']
+    card = (zoo / w.name / 'README.md').read_text()
     assert f'`{RECIPE}` with `epochs=3 model="qmlp" model_args={{"hidden":[4]}}`' in card
 
 
 @pytest.mark.parametrize('tolerance, dtype', [(-1.0, torch.float32), (100.0, torch.float16)])
 def test_float16_storage_follows_the_tolerance(zoo, run, monkeypatch, tolerance, dtype):
     monkeypatch.setattr(pub, 'FP16_TOLERANCE', tolerance)
-    pub.publish(run, 'h4-tiny-s0')
-    folder = zoo / 'qmlp.h4-tiny-s0'
+    w = pub.publish(run, 'tiny')
+    folder = zoo / w.name
     sd, _ = hub.load_weights(folder / 'model.safetensors')
     assert {t.dtype for t in sd.values() if t.is_floating_point()} == {dtype}
-    res = json.loads((folder / 'results.json').read_text())
-    check = res['fp16_check']
-    assert res['weights_dtype'] == str(dtype).replace('torch.', '') and check['tolerance'] == tolerance
-    assert _evaluate(folder)['test'] == res['test']
-    card = (folder / 'README.md').read_text()
-    assert f"stored as {res['weights_dtype']}" in card
+    assert w.weights_dtype == str(dtype).replace('torch.', '') and w.training['fp16_check']['tolerance'] == tolerance
+    assert _evaluate(folder)['test'] == dict(w.test)
+    assert f'stored as {w.weights_dtype}' in (folder / 'README.md').read_text()
 
 
-def test_smoke_runs_and_bad_tags_are_refused(zoo, run, tmp_path):
-    with pytest.raises(ValueError, match='tag'):
-        pub.publish(run, 'bad tag!')
+def test_republishing_identical_weights_keeps_the_hash(zoo, run):
+    a = pub.publish(run, 'tiny')
+    b = pub.publish(run, 'tiny')
+    assert a.sha256 == b.sha256 == sha256_file(zoo / a.name / 'model.safetensors')
+    mode = os.stat(zoo / a.name / 'model.safetensors').st_mode & 0o777
+    assert mode == os.stat(zoo / a.name / 'config.json').st_mode & 0o777  # same permissions as the other files
+
+
+def test_smoke_runs_and_bad_experiments_are_refused(zoo, run, tmp_path):
+    for bad in ('bad tag!', 'tiny-s0', '../x', ''):
+        with pytest.raises(ValueError, match='experiment'):
+            pub.publish(run, bad)
     smoke = tmp_path / 'smoke'
     train(load_recipe(ROOT / RECIPE), smoke, smoke=True, progress=False)
     with pytest.raises(ValueError, match='smoke'):
@@ -86,14 +105,50 @@ def test_smoke_runs_and_bad_tags_are_refused(zoo, run, tmp_path):
     assert not zoo.exists() or not any(zoo.iterdir())
 
 
-def test_defaults_survive_republishing(zoo, run):
-    pub.publish(run, 'h4-a-s0')
-    pub.publish(run, 'h4-b-s0')
-    defaults = lambda: {n for n, e in hub.published().items() if e['default']}  # noqa: E731
-    assert defaults() == {'qmlp.h4-a-s0'}  # the first of an architecture becomes its default
-    pub.publish(run, 'h4-a-s0')  # republished: stays the default
-    assert defaults() == {'qmlp.h4-a-s0'}
-    pub.publish(run, 'h4-b-s0', default=True)
-    assert defaults() == {'qmlp.h4-b-s0'}
-    pub.set_default('qmlp.h4-a-s0')
-    assert defaults() == {'qmlp.h4-a-s0'}
+def test_a_run_naming_a_path_as_its_model_writes_nothing(zoo, run, tmp_path):
+    """results.json is input: a model name like '../../victim' must not steer where files go."""
+    evil = tmp_path / 'evil-run'
+    shutil.copytree(run, evil)
+    res = json.loads((evil / 'results.json').read_text())
+    (evil / 'results.json').write_text(json.dumps(dict(res, model='../../victim')))
+    victim = zoo.parent / 'victim'
+    with pytest.raises(CheckpointError, match='not a qzoo architecture'):
+        pub.publish(evil, 'x')
+    assert not victim.exists() and (not zoo.exists() or not any(zoo.iterdir()))
+
+
+def test_failed_republish_keeps_the_published_checkpoint(zoo, run, tmp_path):
+    w = pub.publish(run, 'tiny')
+    before = {p.name: p.read_bytes() for p in (zoo / w.name).iterdir()}
+    manifest = (zoo / 'manifest.json').read_bytes()
+    broken = tmp_path / 'broken-run'
+    shutil.copytree(run, broken)
+    (broken / 'log.jsonl').unlink()
+    with pytest.raises(RunDirError, match='log.jsonl'):
+        pub.publish(broken, 'tiny')
+    assert {p.name: p.read_bytes() for p in (zoo / w.name).iterdir()} == before
+    assert (zoo / 'manifest.json').read_bytes() == manifest
+    assert not [p for p in zoo.iterdir() if p.name.startswith('.')]  # no temporary folder left
+
+
+def test_defaults_follow_the_rule_and_can_be_pinned(zoo, run, tmp_path):
+    a = pub.publish(run, 'exp-a')
+    b = pub.publish(run, 'exp-b')
+    defaults = lambda: {n for n, w in weights.all_weights().items() if w.default}  # noqa: E731
+    assert defaults() == {a.name}  # no preferred experiment for synthetic 'exp-*': the first in name order
+    pinned = pub.set_default(b.name, 'the b experiment is the one the README uses')
+    assert defaults() == {b.name} and pinned.default_reason.startswith('Chosen by hand: the b experiment')
+    pub.publish(run, 'exp-a')  # republishing keeps a pinned default
+    assert defaults() == {b.name}
+    with pytest.raises(ValueError, match='reason'):
+        pub.set_default(a.name, '')
+
+
+def test_choose_default_takes_the_median_validation_seed():
+    base = weights.all_weights()['qcnn.cwru-snr-6db-s0'].to_dict()
+    recs = [weights.Weights.from_dict(dict(base, seed=s, val=dict(base['val'], top1=v)))
+            for s, v in ((0, 90.0), (1, 95.0), (2, 92.0), (3, 99.0), (4, 91.0))]
+    clean = weights.Weights.from_dict(dict(base, experiment='cwru-clean', seed=0, val=dict(base['val'], top1=100.0)))
+    pick, reason = pub.choose_default(recs + [clean])
+    assert (pick.experiment, pick.seed) == ('cwru-snr-6db', 2)  # median of 90, 91, 92, 95, 99
+    assert 'median validation top1 of its 5 seeds' in reason and 'SNR -6 dB' in reason

@@ -1,5 +1,6 @@
-"""The published checkpoints: loadable with pretrained=True through timm, qzoo and torch.hub
-(offline, from checkpoints/ in this checkout), SHA-256 checked, cards fresh."""
+"""The published weights: every record matches its folder (config.json, card, file hash), loads with
+pretrained=True through timm, qzoo and torch.hub (offline, from qzoo/checkpoints), and the generated
+files are fresh."""
 import json
 import shutil
 
@@ -9,116 +10,138 @@ import torch
 
 import qzoo
 from conftest import ROOT
-from qzoo import hub
-from qzoo.cards import zoo_cards
-from qzoo.hub import CheckpointError
+from qzoo import hub, weights
+from qzoo.cards import model_card, zoo_index
+from qzoo.errors import CheckpointError
+from qzoo.fileio import sha256_file
+from qzoo.registry import tag_cfg
 
-PUBLISHED = hub.published()
-DEFAULTS = sorted({e['architecture'] for e in PUBLISHED.values() if e.get('default')})
+RECORDS = weights.all_weights()
+ARCHS = sorted({w.architecture for w in RECORDS.values()})
+CK = ROOT / 'qzoo' / 'checkpoints'
 
 
 def test_something_is_published_and_fits_the_budget():
-    assert PUBLISHED, 'checkpoints/manifest.json lists no checkpoint'
-    total = sum(f.stat().st_size for f in (ROOT / 'checkpoints').rglob('*') if f.is_file())
-    assert total <= 32 * 2 ** 20, f'checkpoints/ holds {total / 2 ** 20:.1f} MiB (budget 32 MiB)'
+    assert RECORDS, 'qzoo/checkpoints/manifest.json lists no weights'
+    total = sum(f.stat().st_size for f in CK.rglob('*') if f.is_file())
+    assert total <= 40 * 2 ** 20, f'qzoo/checkpoints holds {total / 2 ** 20:.1f} MiB (budget 40 MiB)'
+    assert weights.checkpoints_dir() == CK  # no QZOO_CHECKPOINTS in the test environment
 
 
-@pytest.mark.parametrize('name', sorted(PUBLISHED))
-def test_manifest_entry_matches_files(name):
-    e = PUBLISHED[name]
-    folder = ROOT / 'checkpoints' / e['folder']
-    assert hub.sha256_file(folder / 'model.safetensors') == e['sha256']
+@pytest.mark.parametrize('name', sorted(RECORDS))
+def test_config_json_describes_its_own_checkpoint(name):
+    """config.json, the card and the file all say what the record says (the record is the one source)."""
+    w = RECORDS[name]
+    folder = CK / name
+    assert w.folder == folder and sha256_file(folder / 'model.safetensors') == w.sha256
     cfg = json.loads((folder / 'config.json').read_text())
-    assert cfg['architecture'] == e['architecture'] and cfg['qzoo']['sha256'] == e['sha256']
-    res = json.loads((folder / 'results.json').read_text())
-    assert res['test'] == e['test'] and res['dataset'] == e['dataset'] and not res['smoke']
-    assert res['selection'].startswith('best validation') or res['selection'] == 'last epoch'
-    for f in ('recipe.yaml', 'log.jsonl', 'README.md'):
-        assert (folder / f).is_file()
+    pc = cfg['pretrained_cfg']
+    assert cfg['architecture'] == w.architecture and pc['tag'] == w.tag
+    assert pc['description'] == tag_cfg(w)['description'] and name.split('.')[0] in pc['description']
+    assert f'seed {w.seed}' in pc['description'] and w.dataset in pc['description']
+    assert cfg['num_classes'] == w.num_classes and tuple(pc['input_size']) == tuple(w.input_size)
+    assert cfg.get('label_names') == (list(w.label_names) if w.label_names else None)
+    assert cfg['qzoo']['sha256'] == w.sha256 and cfg['qzoo']['weights'] == w.to_dict()
+    assert {k: cfg['model_args'][k] for k in w.model_args} == dict(w.model_args)
+    assert (folder / 'README.md').read_text() == model_card(cfg)
+    assert set(p.name for p in folder.iterdir()) == {'model.safetensors', 'config.json', 'README.md', 'recipe.yaml',
+                                                     'log.jsonl'}
+    assert w.training['selection'].startswith('best validation') or w.training['selection'] == 'last epoch'
 
 
-@pytest.mark.parametrize('name', sorted(PUBLISHED))
+@pytest.mark.parametrize('name', sorted(RECORDS))
 def test_pretrained_tag_through_timm_and_qzoo(name):
-    e = PUBLISHED[name]
+    w = RECORDS[name]
     m1 = timm.create_model(name, pretrained=True).eval()
     m2 = qzoo.create_model(name, pretrained=True).eval()
-    ref = hub.from_pretrained(ROOT / 'checkpoints' / e['folder'])
+    ref = hub.from_pretrained(CK / name)
     sd1, sd2, sdr = m1.state_dict(), m2.state_dict(), ref.state_dict()
     assert all(torch.equal(sd1[k], sdr[k]) and torch.equal(sd2[k], sdr[k]) for k in sdr)
-    assert qzoo.count_params(m1) == e['params']
+    assert qzoo.count_params(m1) == w.params
+    assert m1.pretrained_cfg['tag'] == w.tag and m1.pretrained_cfg.get('label_names') == w.label_names
 
 
-@pytest.mark.parametrize('arch', DEFAULTS)
+def test_list_models_pretrained_is_arch_dot_tag():
+    names = qzoo.list_models(pretrained=True)
+    assert sorted(names) == sorted(RECORDS) and all('.' in n for n in names)
+    assert set(qzoo.list_models('qcnn*', pretrained=True)) == {n for n in RECORDS if n.startswith('qcnn')}
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_every_architecture_has_one_stated_default(arch):
+    defaults = [w for w in weights.weights_for(arch) if w.default]
+    assert len(defaults) == 1 and defaults[0].default_reason, arch
+    assert weights.default_weights(arch) is defaults[0]
+
+
+@pytest.mark.parametrize('arch', ARCHS)
 def test_pretrained_default_through_torch_hub_local(arch):
     m = torch.hub.load(str(ROOT), arch, source='local', pretrained=True)
-    default = next(n for n, e in PUBLISHED.items() if e['architecture'] == arch and e.get('default'))
-    ref = hub.from_pretrained(ROOT / 'checkpoints' / PUBLISHED[default]['folder'])
+    ref = hub.from_pretrained(weights.default_weights(arch).folder)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in ref.state_dict().items())
 
 
 def test_pretrained_with_new_head_adapts():
-    name = sorted(PUBLISHED)[0]
-    m = timm.create_model(name, pretrained=True, num_classes=3)
-    assert m.get_classifier().out_features == 3 if hasattr(m.get_classifier(), 'out_features') else True
+    m = timm.create_model('qcnn', pretrained=True, num_classes=3)
+    assert m.get_classifier().out_features == 3
+    ref = hub.from_pretrained(weights.default_weights('qcnn').folder)
+    assert torch.equal(m.features[0][0].conv_r.weight, ref.features[0][0].conv_r.weight)
 
 
 @pytest.fixture
-def repo_copy(tmp_path, monkeypatch):
-    """checkpoints/ copied so files can be damaged without touching the checkout."""
-    ck = tmp_path / 'checkpoints'
-    shutil.copytree(ROOT / 'checkpoints', ck)
-    monkeypatch.setattr(hub, 'CHECKPOINTS_DIR', ck)
-    monkeypatch.setattr(hub, 'MANIFEST', ck / 'manifest.json')
-    return ck
+def ck_copy(tmp_path, monkeypatch):
+    """The checkpoints copied (QZOO_CHECKPOINTS) so files can be damaged without touching the checkout."""
+    ck = tmp_path / 'ck'
+    shutil.copytree(CK, ck)
+    monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(ck))
+    weights.clear_cache()
+    yield ck
+    weights.clear_cache()
 
 
-def test_damaged_published_file_is_refused(repo_copy):
-    name = sorted(PUBLISHED)[0]
-    f = repo_copy / PUBLISHED[name]['folder'] / 'model.safetensors'
+def test_damaged_published_file_is_refused(ck_copy):
+    name = sorted(RECORDS)[0]
+    f = ck_copy / name / 'model.safetensors'
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF
     f.write_bytes(bytes(data))
     with pytest.raises(CheckpointError) as e:
         qzoo.create_model(name, pretrained=True)
-    assert 'checksum mismatch' in str(e.value) and str(f) in str(e.value) and PUBLISHED[name]['sha256'] in str(e.value)
+    assert 'checksum mismatch' in str(e.value) and str(f) in str(e.value) and RECORDS[name].sha256 in str(e.value)
 
 
-def test_missing_published_file_offline_is_clear(repo_copy, monkeypatch, tmp_path):
-    import huggingface_hub
-    name = sorted(PUBLISHED)[0]
-    (repo_copy / PUBLISHED[name]['folder'] / 'model.safetensors').unlink()
-    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-hf'))
-    with pytest.raises(CheckpointError, match='not in the Hugging Face cache'):
+def test_missing_published_file_is_clear(ck_copy):
+    name = sorted(RECORDS)[0]
+    (ck_copy / name / 'model.safetensors').unlink()
+    with pytest.raises(CheckpointError, match='does not exist'):
         qzoo.create_model(name, pretrained=True)
 
 
-def test_published_through_hf_cache(tmp_path, monkeypatch):
-    """The hf_hub_id path: the published folder laid out as a Hugging Face cache, loaded offline."""
+def test_published_folder_through_hf_cache(tmp_path, monkeypatch):
+    """A published folder uploaded as is to the Hugging Face Hub loads through timm's hf-hub: path (offline)."""
     import huggingface_hub
-    name = sorted(PUBLISHED)[0]
-    e = PUBLISHED[name]
-    repo = tmp_path / ('models--' + e['hf_hub_id'].replace('/', '--'))
+    name = 'qcnn_w8.cwru-clean-s1'
+    repo = tmp_path / 'models--someone--qcnn_w8'
     snap = repo / 'snapshots' / ('0' * 40)
-    shutil.copytree(ROOT / 'checkpoints' / e['folder'], snap)
+    shutil.copytree(CK / name, snap)
     (repo / 'refs').mkdir()
     (repo / 'refs' / 'main').write_text('0' * 40)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path))
-    m = timm.create_model(f"hf-hub:{e['hf_hub_id']}", pretrained=True)
-    ref = hub.from_pretrained(ROOT / 'checkpoints' / e['folder'])
+    m = timm.create_model('hf-hub:someone/qcnn_w8', pretrained=True)
+    ref = hub.from_pretrained(CK / name)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in ref.state_dict().items())
+    assert m.pretrained_cfg['tag'] == 'cwru-clean-s1'
 
 
-def test_model_cards_are_fresh():
-    want = zoo_cards(PUBLISHED, ROOT / 'checkpoints')
-    have = (ROOT / 'MODEL_CARDS.md').read_text()
-    assert have == want, 'MODEL_CARDS.md is stale: run `make cards`'
+def test_model_cards_index_is_fresh():
+    want = zoo_index([w.to_dict() for w in RECORDS.values()])
+    assert (ROOT / 'MODEL_CARDS.md').read_text() == want, 'MODEL_CARDS.md is stale: run `make cards`'
 
 
 def test_torch_hub_tagged_checkpoint_as_the_cards_show():
-    name = next(n for n, e in sorted(PUBLISHED.items()) if not e.get('default') and e['model_args'])
+    name = next(n for n, w in sorted(RECORDS.items()) if not w.default)
     arch, tag = name.split('.', 1)
     m = torch.hub.load(str(ROOT), arch, source='local', pretrained=True, pretrained_cfg=tag)
-    ref = hub.from_pretrained(ROOT / 'checkpoints' / PUBLISHED[name]['folder'])
+    ref = hub.from_pretrained(CK / name)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in ref.state_dict().items())

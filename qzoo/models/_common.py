@@ -2,8 +2,7 @@
 timm-style cfgs, and the builder every registered factory goes through."""
 from __future__ import annotations
 
-import functools
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -70,10 +69,6 @@ def check_args(model: str, in_chans: int, num_classes: int, **sizes: int) -> Non
                          f'got {num_classes!r}')
 
 
-def neuron_spec(neuron: NeuronSpec) -> str:
-    return get_neuron(neuron).spec
-
-
 def cfg(**kwargs) -> Dict[str, Any]:
     """A pretrained cfg with qzoo's defaults (CIFAR-sized classification)."""
     base = dict(num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, interpolation='bilinear',
@@ -115,76 +110,35 @@ def set_traits(model: nn.Module, first_conv) -> None:
     model._traits = dict(getattr(model, '_traits', {}), first_conv=first_conv)
 
 
-# ---- entrypoints ------------------------------------------------------------------
-#: every qzoo model factory, by name (filled by @entrypoint; registered with timm by qzoo.registry)
-ENTRYPOINTS: Dict[str, Any] = {}
+# ---- factories ------------------------------------------------------------------------
+#: every qzoo model factory by name, in definition order (filled by :func:`register_factory`;
+#: :mod:`qzoo.registry` registers them with timm, with their published weights)
+MODEL_FACTORIES: Dict[str, Callable[..., nn.Module]] = {}
+#: each factory's timm pretrained cfg: the architecture's input size, normalisation, first conv, classifier
+BASE_CFGS: Dict[str, Dict[str, Any]] = {}
+
+#: factory kwargs that do not describe the architecture (timm's loading options)
+RUNTIME_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'device', 'dtype',
+                  'checkpoint_path', 'pretrained', 'pretrained_strict')
 
 
-#: factory kwargs that do not describe the architecture
-RUNTIME_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'device', 'dtype')
-
-
-def entrypoint(fn):
-    """Mark a model factory; ``qzoo.registry`` registers it with timm on ``import qzoo``. The model
-    remembers the architecture kwargs it was built with (``_model_args``, as recent timm records
-    them), so ``save_pretrained`` can write them whatever timm version built it."""
-    @functools.wraps(fn)
-    def factory(pretrained: bool = False, **kwargs):
-        entry = _published_entry(fn.__name__, kwargs.get('pretrained_cfg'), pretrained)
-        if entry:  # '<arch>.<tag>' (or pretrained=True's default) builds that checkpoint's architecture
-            for k, v in entry['model_args'].items():
-                kwargs.setdefault(k, v)
-        model = fn(pretrained=pretrained, **kwargs)
-        args = {k: v for k, v in kwargs.items() if k not in RUNTIME_KWARGS and v is not None}
-        model._model_args = dict(getattr(model, '_model_args', {}), **args)
-        return model
-    ENTRYPOINTS[fn.__name__] = factory
-    return factory
-
-
-def with_published(base: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """timm default cfgs for ``base`` (architecture -> cfg) plus one tagged cfg per published
-    checkpoint of each architecture (``checkpoints/manifest.json``); the manifest's default
-    checkpoint becomes the architecture's default, so ``pretrained=True`` picks it."""
-    from timm.models import generate_default_cfgs
-    from ..hub import CHECKPOINTS_DIR, WEIGHTS_NAME, published
-    cfgs: Dict[str, Any] = {}
-    entries = published()
-    for arch, c in base.items():
-        for name, e in sorted(entries.items(), key=lambda kv: (not kv[1].get('default'), kv[0])):
-            if e['architecture'] != arch:
-                continue
-            f = CHECKPOINTS_DIR / e['folder'] / WEIGHTS_NAME
-            cfgs[name + ('*' if e.get('default') else '')] = dict(
-                c, hf_hub_id=e.get('hf_hub_id'), file=str(f) if f.exists() else None,
-                num_classes=e.get('num_classes', c.get('num_classes')),
-                input_size=tuple(e.get('input_size', c.get('input_size'))),
-                description=f"{e.get('dataset', '')} checkpoint; model args {e.get('model_args', {})}")
-        cfgs[arch] = c
-    return generate_default_cfgs(cfgs)
-
-
-def _published_entry(arch: str, pretrained_cfg, pretrained: bool) -> Optional[Dict[str, Any]]:
-    """The manifest entry a factory call refers to: ``pretrained_cfg`` given as a tag (what timm
-    passes for ``'<arch>.<tag>'``), or, for ``pretrained=True`` without one, the default checkpoint."""
-    from ..hub import published
-    entries = published()
-    if isinstance(pretrained_cfg, str) and pretrained_cfg:
-        return entries.get(f'{arch}.{pretrained_cfg}')
-    if pretrained and pretrained_cfg is None:
-        return next((e for e in entries.values() if e['architecture'] == arch and e.get('default')), None)
-    return None
+def register_factory(base_cfg: Dict[str, Any]):
+    """Decorator: record a model factory (named as the model) and its architecture cfg."""
+    def deco(fn):
+        if fn.__name__ in MODEL_FACTORIES:
+            raise ValueError(f'two qzoo factories are named {fn.__name__!r}')
+        MODEL_FACTORIES[fn.__name__] = fn
+        BASE_CFGS[fn.__name__] = dict(base_cfg)
+        return fn
+    return deco
 
 
 def build(model_cls, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build ``variant`` through timm's ``build_model_with_cfg``. With ``pretrained``, the
-    weights are resolved and SHA-256 checked by :mod:`qzoo.hub`, then timm adapts them
-    (``num_classes`` / ``in_chans`` changes) and loads them."""
+    """Build ``variant`` through timm's ``build_model_with_cfg``. Pretrained weights come in as
+    ``pretrained_cfg_overlay['state_dict']``, resolved and SHA-256 checked by :mod:`qzoo.registry`
+    (timm then adapts them to a changed ``num_classes`` / ``in_chans`` and loads them strictly)."""
     from timm.models import build_model_with_cfg
-    if not pretrained:
-        return build_model_with_cfg(model_cls, variant, False, **kwargs)
-    from ..hub import build_pretrained
-
-    def builder(**kw):
-        return build_model_with_cfg(model_cls, variant, True, **kw)
-    return build_pretrained(builder, variant, kwargs)
+    if pretrained and not (kwargs.get('pretrained_cfg_overlay') or {}).get('state_dict'):
+        raise ValueError(f'{variant}: load pretrained weights through qzoo.create_model or timm.create_model '
+                         f'(after import qzoo), which resolve and verify them')
+    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import build, cfg, check_args, check_input, make_layer, register_factory, set_traits, tensor_owners
 
 __all__ = ['BearingCNN']
 
@@ -86,25 +86,58 @@ def _bearing_cfg(quadratic: bool):
                notes=('input_size is (channels, 1, length): the model takes (N, 1, 2048) vibration windows',))
 
 
-default_cfgs = with_published({'wdcnn': _bearing_cfg(False), 'qcnn': _bearing_cfg(True)})
-
-
-@entrypoint
-def wdcnn(pretrained: bool = False, width: int = 16, **kwargs) -> BearingCNN:
-    """WDCNN (66,790 params at width 16). kwargs: width (16), hidden (100), neuron ('linear'),
-    num_classes (10), in_chans (1), input_length (2048)."""
+def _wdcnn(variant: str, pretrained: bool, kwargs, width: int = 16) -> BearingCNN:
+    """kwargs: width (channels of the first convolution; later ones 2x, then 4x), hidden (100), neuron
+    ('linear'), num_classes (10), in_chans (1), input_length (2048)."""
+    width = kwargs.pop('width', width)
     kwargs.setdefault('neuron', 'linear')
     kwargs.setdefault('hidden', 100)
-    check_args('wdcnn', 1, 0, width=width)
-    ch = [width, 2 * width, 4 * width, 4 * width, 4 * width, 4 * width]
-    return build(BearingCNN, 'wdcnn', pretrained, channels=ch, **kwargs)
+    check_args(variant, 1, 0, width=width)
+    return build(BearingCNN, variant, pretrained, channels=[width, 2 * width] + [4 * width] * 4, **kwargs)
 
 
-@entrypoint
-def qcnn(pretrained: bool = False, width: int = 16, **kwargs) -> BearingCNN:
-    """Slim quadratic QCNN (16,262 params at width 16). kwargs: width (16), hidden (20),
-    neuron ('fan'), num_classes (10), in_chans (1), input_length (2048)."""
+def _qcnn(variant: str, pretrained: bool, kwargs, width: int = 16) -> BearingCNN:
+    """kwargs: width (channels of every convolution), hidden (20), neuron ('fan'), num_classes (10),
+    in_chans (1), input_length (2048)."""
+    width = kwargs.pop('width', width)
     kwargs.setdefault('neuron', 'fan')
     kwargs.setdefault('hidden', 20)
-    check_args('qcnn', 1, 0, width=width)
-    return build(BearingCNN, 'qcnn', pretrained, channels=[width] * 6, **kwargs)
+    check_args(variant, 1, 0, width=width)
+    return build(BearingCNN, variant, pretrained, channels=[width] * 6, **kwargs)
+
+
+@register_factory(_bearing_cfg(False))
+def wdcnn(pretrained: bool = False, **kwargs) -> BearingCNN:
+    """WDCNN (Zhang et al. 2017), channels 16-32-64-64-64-64, FC 100: 66,790 parameters."""
+    return _wdcnn('wdcnn', pretrained, kwargs)
+
+
+@register_factory(_bearing_cfg(False))
+def wdcnn_w4(pretrained: bool = False, **kwargs) -> BearingCNN:
+    """WDCNN at width 4 (channels 4-8-16-16-16-16, FC 100): 9,178 parameters."""
+    return _wdcnn('wdcnn_w4', pretrained, kwargs, width=4)
+
+
+@register_factory(_bearing_cfg(False))
+def wdcnn_w8(pretrained: bool = False, **kwargs) -> BearingCNN:
+    """WDCNN at width 8 (channels 8-16-32-32-32-32, FC 100): 22,814 parameters."""
+    return _wdcnn('wdcnn_w8', pretrained, kwargs, width=8)
+
+
+@register_factory(_bearing_cfg(True))
+def qcnn(pretrained: bool = False, **kwargs) -> BearingCNN:
+    """Slim quadratic QCNN (Liao et al. 2023, as in the paper's code): 16 channels throughout, FC 20: 16,262
+    parameters."""
+    return _qcnn('qcnn', pretrained, kwargs)
+
+
+@register_factory(_bearing_cfg(True))
+def qcnn_w8(pretrained: bool = False, **kwargs) -> BearingCNN:
+    """QCNN at width 8 (8 channels throughout, FC 20): 5,366 parameters."""
+    return _qcnn('qcnn_w8', pretrained, kwargs, width=8)
+
+
+@register_factory(_bearing_cfg(True))
+def qcnn_w32(pretrained: bool = False, **kwargs) -> BearingCNN:
+    """QCNN at width 32 (32 channels throughout, FC 20): 55,334 parameters."""
+    return _qcnn('qcnn_w32', pretrained, kwargs, width=32)

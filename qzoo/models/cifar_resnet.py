@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from typing import Optional, Sequence
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import build, with_published, cfg, check_args, check_input, entrypoint, kaiming_init_, make_layer, set_traits, tensor_owners
+from ._common import build, cfg, check_args, check_input, kaiming_init_, make_layer, register_factory, set_traits, tensor_owners
 
 __all__ = ['CifarResNet', 'BasicBlock']
 
@@ -125,30 +125,182 @@ _DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
 def _resnet_cfg(quadratic: bool):
     return cfg(paper_ids=('arXiv:1512.03385', 'arXiv:2303.06316') if quadratic else 'arXiv:1512.03385',
-               first_conv=('conv1.conv_r', 'conv1.conv_g', 'conv1.conv_b') if quadratic else 'conv1')
+               first_conv=('conv1.conv_r', 'conv1.conv_g', 'conv1.conv_b') if quadratic else 'conv1',
+               pool_size=(8, 8))
 
 
-default_cfgs = with_published({f'{q}resnet{d}': _resnet_cfg(bool(q)) for d in _DEPTHS for q in ('', 'q')})
+def _create(variant: str, depth: int, quadratic: bool, pretrained: bool, kwargs, width: int = 16,
+            widths=None, neuron: str = None) -> CifarResNet:
+    """kwargs: width (or widths: three stage widths), shortcut ('B'), neuron ('fan' for the quadratic
+    ones), num_classes (10), in_chans (3), drop_rate."""
+    kwargs.setdefault('neuron', neuron or ('fan' if quadratic else 'linear'))
+    if widths is not None and 'width' not in kwargs:
+        kwargs.setdefault('widths', list(widths))
+    kwargs.setdefault('width', width)
+    return build(CifarResNet, variant, pretrained, depth=depth, **kwargs)
 
 
-def _create(depth: int, quadratic: bool, pretrained: bool, kwargs) -> CifarResNet:
-    kwargs.setdefault('neuron', 'fan' if quadratic else 'linear')
-    return build(CifarResNet, f"{'q' if quadratic else ''}resnet{depth}", pretrained, depth=depth, **kwargs)
+@register_factory(_resnet_cfg(False))
+def resnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-8, conventional (width 16, shortcut B)."""
+    return _create('resnet8', 8, False, pretrained, kwargs)
 
 
-def _factory(depth: int, quadratic: bool):
-    kind = 'quadratic (neuron fan by default)' if quadratic else 'conventional'
-
-    def fn(pretrained: bool = False, **kwargs) -> CifarResNet:
-        return _create(depth, quadratic, pretrained, kwargs)
-    fn.__name__ = fn.__qualname__ = f"{'q' if quadratic else ''}resnet{depth}"
-    fn.__module__ = __name__
-    fn.__doc__ = (f'CIFAR ResNet-{depth}, {kind}. kwargs: width (16) or widths (3 stage widths), '
-                  f'shortcut (\'B\'), neuron, num_classes (10), in_chans (3), drop_rate.')
-    return fn
+@register_factory(_resnet_cfg(False))
+def resnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-14, conventional (width 16, shortcut B)."""
+    return _create('resnet14', 14, False, pretrained, kwargs)
 
 
-for _d in _DEPTHS:
-    for _q in (False, True):
-        _fn = _factory(_d, _q)
-        globals()[_fn.__name__] = entrypoint(_fn)
+@register_factory(_resnet_cfg(False))
+def resnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-20, conventional (width 16, shortcut B)."""
+    return _create('resnet20', 20, False, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(False))
+def resnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-32, conventional (width 16, shortcut B)."""
+    return _create('resnet32', 32, False, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(False))
+def resnet44(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-44, conventional (width 16, shortcut B)."""
+    return _create('resnet44', 44, False, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(False))
+def resnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-56, conventional (width 16, shortcut B)."""
+    return _create('resnet56', 56, False, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(False))
+def resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-110, conventional (width 16, shortcut B)."""
+    return _create('resnet110', 110, False, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(False))
+def resnet20_w8(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-20 at width 8 (stages 8-16-32), conventional."""
+    return _create('resnet20_w8', 20, False, pretrained, kwargs, width=8)
+
+
+@register_factory(_resnet_cfg(False))
+def resnet20_w12(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-20 at width 12 (stages 12-24-48), conventional."""
+    return _create('resnet20_w12', 20, False, pretrained, kwargs, width=12)
+
+
+@register_factory(_resnet_cfg(False))
+def resnet20_w24(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-20 at width 24 (stages 24-48-96), conventional."""
+    return _create('resnet20_w24', 20, False, pretrained, kwargs, width=24)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet8(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-8 with quadratic 3x3 convolutions (neuron fan, width 16, shortcut B)."""
+    return _create('qresnet8', 8, True, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet14(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-14 with quadratic 3x3 convolutions (neuron fan, width 16, shortcut B)."""
+    return _create('qresnet14', 14, True, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-20 with quadratic 3x3 convolutions (neuron fan, width 16, shortcut B)."""
+    return _create('qresnet20', 20, True, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet32(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-32 with quadratic 3x3 convolutions (neuron fan, width 16, shortcut B)."""
+    return _create('qresnet32', 32, True, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet44(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-44 with quadratic 3x3 convolutions (neuron fan, width 16, shortcut B)."""
+    return _create('qresnet44', 44, True, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet56(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-56 with quadratic 3x3 convolutions (neuron fan, width 16, shortcut B)."""
+    return _create('qresnet56', 56, True, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """CIFAR ResNet-110 with quadratic 3x3 convolutions (neuron fan, width 16, shortcut B)."""
+    return _create('qresnet110', 110, True, pretrained, kwargs)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_w8(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic CIFAR ResNet-20 at width 8 (stages 8-16-32)."""
+    return _create('qresnet20_w8', 20, True, pretrained, kwargs, width=8)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_w12(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic CIFAR ResNet-20 at width 12 (stages 12-24-48)."""
+    return _create('qresnet20_w12', 20, True, pretrained, kwargs, width=12)
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_w9(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic CIFAR ResNet-20 at width 9 (stages 9-18-36): 257,644 parameters, the width nearest
+    resnet20's 272,474."""
+    return _create('qresnet20_w9', 20, True, pretrained, kwargs, width=9)
+
+
+# ResNet-20 at resnet20's parameter budget (272,474, within 2%) for each neuron family
+@register_factory(_resnet_cfg(True))
+def qresnet20_fan_budget(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic ResNet-20, neuron fan, stages 9-18-37: resnet20's parameter budget."""
+    return _create('qresnet20_fan_budget', 20, True, pretrained, kwargs, widths=(9, 18, 37), neuron='fan')
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_fan_rg_budget(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic ResNet-20, neuron fan_rg, stages 11-22-46: resnet20's parameter budget."""
+    return _create('qresnet20_fan_rg_budget', 20, True, pretrained, kwargs, widths=(11, 22, 46), neuron='fan_rg')
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_fan_rb_budget(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic ResNet-20, neuron fan_rb, stages 11-22-46: resnet20's parameter budget."""
+    return _create('qresnet20_fan_rb_budget', 20, True, pretrained, kwargs, widths=(11, 22, 46), neuron='fan_rb')
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_quadralib_budget(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic ResNet-20, neuron quadralib, stages 9-18-37: resnet20's parameter budget."""
+    return _create('qresnet20_quadralib_budget', 20, True, pretrained, kwargs, widths=(9, 18, 37),
+                   neuron='quadralib')
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_qres_budget(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic ResNet-20, neuron qres, stages 11-22-46: resnet20's parameter budget."""
+    return _create('qresnet20_qres_budget', 20, True, pretrained, kwargs, widths=(11, 22, 46), neuron='qres')
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_power_budget(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic ResNet-20, neuron power (W (x*x) + b), stages 16-32-64: resnet20's parameter budget."""
+    return _create('qresnet20_power_budget', 20, True, pretrained, kwargs, widths=(16, 32, 64), neuron='power')
+
+
+@register_factory(_resnet_cfg(True))
+def qresnet20_lowrank2_budget(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """Quadratic ResNet-20, neuron lowrank(rank=2), stages 9-18-37: resnet20's parameter budget."""
+    return _create('qresnet20_lowrank2_budget', 20, True, pretrained, kwargs, widths=(9, 18, 37),
+                   neuron='lowrank(rank=2)')

@@ -8,7 +8,7 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from ..layers import QuadraticLayer, quadratize
 from ..neurons import get_neuron
-from ._common import build, with_published, check_args, entrypoint, set_traits, tensor_owners
+from ._common import build, check_args, register_factory, set_traits, tensor_owners
 
 __all__ = ['QuadraticResNet']
 
@@ -44,10 +44,9 @@ def _cfg(first_conv):
 
 
 _FAN_STEM = ('conv1.conv_r', 'conv1.conv_g', 'conv1.conv_b')
-default_cfgs = with_published({'qresnet18': _cfg(_FAN_STEM), 'qresnet50': _cfg(_FAN_STEM)})
 
 
-@entrypoint
+@register_factory(_cfg(_FAN_STEM))
 def qresnet18(pretrained: bool = False, **kwargs) -> QuadraticResNet:
     """ResNet-18 (timm's) with quadratic convolutions. kwargs: layers ([2, 2, 2, 2]), neuron ('fan'),
     num_classes, in_chans and timm ResNet's other options."""
@@ -55,7 +54,7 @@ def qresnet18(pretrained: bool = False, **kwargs) -> QuadraticResNet:
     return build(QuadraticResNet, 'qresnet18', pretrained, block='basic', **kwargs)
 
 
-@entrypoint
+@register_factory(_cfg(_FAN_STEM))
 def qresnet50(pretrained: bool = False, **kwargs) -> QuadraticResNet:
     """ResNet-50 (timm's) with quadratic convolutions. kwargs: layers ([3, 4, 6, 3]), neuron ('fan'), ..."""
     kwargs.setdefault('layers', (3, 4, 6, 3))

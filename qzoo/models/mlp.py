@@ -8,7 +8,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import HeadMixin, build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import HeadMixin, build, cfg, check_args, check_input, make_layer, register_factory, set_traits
 
 __all__ = ['MLP']
 
@@ -57,18 +57,91 @@ def _mlp_cfg(quadratic: bool):
                notes=('input_size is (features, 1, 1): the model takes (N, features) tensors',))
 
 
-default_cfgs = with_published({'mlp': _mlp_cfg(False), 'qmlp': _mlp_cfg(True)})
+def _create(variant: str, quadratic: bool, pretrained: bool, kwargs, hidden=(10,)) -> MLP:
+    """kwargs: hidden (layer widths), in_chans (input features, 2), num_classes (2), act ('relu'), neuron
+    ('fan' for qmlp, 'linear' for mlp), drop_rate."""
+    kwargs.setdefault('neuron', 'fan' if quadratic else 'linear')
+    kwargs.setdefault('hidden', list(hidden))
+    return build(MLP, variant, pretrained, **kwargs)
 
 
-@entrypoint
+@register_factory(_mlp_cfg(False))
 def mlp(pretrained: bool = False, **kwargs) -> MLP:
-    """Conventional MLP. kwargs: hidden ([10]), in_chans (2 features), num_classes (2), act, neuron."""
-    kwargs.setdefault('neuron', 'linear')
-    return build(MLP, 'mlp', pretrained, **kwargs)
+    """Conventional MLP, one hidden layer of 10 (2 -> 10 -> 2: 52 parameters)."""
+    return _create('mlp', False, pretrained, kwargs)
 
 
-@entrypoint
+@register_factory(_mlp_cfg(True))
 def qmlp(pretrained: bool = False, **kwargs) -> MLP:
-    """Quadratic MLP (every layer quadratic, neuron fan by default). kwargs as ``mlp``."""
-    kwargs.setdefault('neuron', 'fan')
-    return build(MLP, 'qmlp', pretrained, **kwargs)
+    """Quadratic MLP (every layer quadratic, neuron fan), one hidden layer of 10 (2 -> 10 -> 2: 156 parameters)."""
+    return _create('qmlp', True, pretrained, kwargs)
+
+
+
+@register_factory(_mlp_cfg(False))
+def mlp_h2(pretrained: bool = False, **kwargs) -> MLP:
+    """Conventional MLP, one hidden layer of 2."""
+    return _create('mlp_h2', False, pretrained, kwargs, hidden=(2,))
+
+
+
+@register_factory(_mlp_cfg(False))
+def mlp_h4(pretrained: bool = False, **kwargs) -> MLP:
+    """Conventional MLP, one hidden layer of 4."""
+    return _create('mlp_h4', False, pretrained, kwargs, hidden=(4,))
+
+
+
+@register_factory(_mlp_cfg(False))
+def mlp_h8(pretrained: bool = False, **kwargs) -> MLP:
+    """Conventional MLP, one hidden layer of 8."""
+    return _create('mlp_h8', False, pretrained, kwargs, hidden=(8,))
+
+
+
+@register_factory(_mlp_cfg(False))
+def mlp_h16(pretrained: bool = False, **kwargs) -> MLP:
+    """Conventional MLP, one hidden layer of 16."""
+    return _create('mlp_h16', False, pretrained, kwargs, hidden=(16,))
+
+
+
+@register_factory(_mlp_cfg(False))
+def mlp_h32(pretrained: bool = False, **kwargs) -> MLP:
+    """Conventional MLP, one hidden layer of 32."""
+    return _create('mlp_h32', False, pretrained, kwargs, hidden=(32,))
+
+
+
+@register_factory(_mlp_cfg(True))
+def qmlp_h2(pretrained: bool = False, **kwargs) -> MLP:
+    """Quadratic MLP, one hidden layer of 2."""
+    return _create('qmlp_h2', True, pretrained, kwargs, hidden=(2,))
+
+
+
+@register_factory(_mlp_cfg(True))
+def qmlp_h4(pretrained: bool = False, **kwargs) -> MLP:
+    """Quadratic MLP, one hidden layer of 4."""
+    return _create('qmlp_h4', True, pretrained, kwargs, hidden=(4,))
+
+
+
+@register_factory(_mlp_cfg(True))
+def qmlp_h8(pretrained: bool = False, **kwargs) -> MLP:
+    """Quadratic MLP, one hidden layer of 8."""
+    return _create('qmlp_h8', True, pretrained, kwargs, hidden=(8,))
+
+
+
+@register_factory(_mlp_cfg(True))
+def qmlp_h16(pretrained: bool = False, **kwargs) -> MLP:
+    """Quadratic MLP, one hidden layer of 16."""
+    return _create('qmlp_h16', True, pretrained, kwargs, hidden=(16,))
+
+
+
+@register_factory(_mlp_cfg(True))
+def qmlp_h32(pretrained: bool = False, **kwargs) -> MLP:
+    """Quadratic MLP, one hidden layer of 32."""
+    return _create('qmlp_h32', True, pretrained, kwargs, hidden=(32,))

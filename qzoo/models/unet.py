@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..neurons import NeuronSpec, get_neuron
-from ._common import HeadMixin, build, with_published, cfg, check_args, check_input, entrypoint, make_layer, set_traits, tensor_owners
+from ._common import HeadMixin, build, cfg, check_args, check_input, make_layer, register_factory, set_traits, tensor_owners
 
 __all__ = ['UNet']
 
@@ -88,23 +88,63 @@ def _unet_cfg(quadratic: bool):
                paper_ids=('arXiv:1505.04597', 'arXiv:2303.06316') if quadratic else 'arXiv:1505.04597')
 
 
-default_cfgs = with_published({'unet': _unet_cfg(False), 'qunet': _unet_cfg(True)})
+def _create(variant: str, quadratic: bool, pretrained: bool, kwargs, base_width: int, depth: int) -> UNet:
+    """kwargs: base_width, depth, num_classes (1), in_chans (3), neuron ('fan' for qunet, 'linear' for unet)."""
+    kwargs.setdefault('neuron', 'fan' if quadratic else 'linear')
+    kwargs.setdefault('base_width', base_width)
+    kwargs.setdefault('depth', depth)
+    return build(UNet, variant, pretrained, **kwargs)
 
 
-@entrypoint
+@register_factory(_unet_cfg(False))
 def unet(pretrained: bool = False, **kwargs) -> UNet:
-    """U-Net. kwargs: base_width (64), depth (4), num_classes (1), in_chans (3), neuron ('linear')."""
-    kwargs.setdefault('neuron', 'linear')
-    kwargs.setdefault('base_width', 64)
-    kwargs.setdefault('depth', 4)
-    return build(UNet, 'unet', pretrained, **kwargs)
+    """U-Net (Ronneberger et al. 2015): base width 64, depth 4 (31,037,698 parameters for 3 -> 2 classes)."""
+    return _create('unet', False, pretrained, kwargs, 64, 4)
 
 
-@entrypoint
+@register_factory(_unet_cfg(True))
 def qunet(pretrained: bool = False, **kwargs) -> UNet:
-    """The seed's quadratic U-Net. kwargs: base_width (32), depth (3), num_classes (1), in_chans (3),
-    neuron ('fan')."""
-    kwargs.setdefault('neuron', 'fan')
-    kwargs.setdefault('base_width', 32)
-    kwargs.setdefault('depth', 3)
-    return build(UNet, 'qunet', pretrained, **kwargs)
+    """The paper's quadratic U-Net: base width 32, depth 3, every convolution quadratic (neuron fan)."""
+    return _create('qunet', True, pretrained, kwargs, 32, 3)
+
+
+
+@register_factory(_unet_cfg(False))
+def unet_b4(pretrained: bool = False, **kwargs) -> UNet:
+    """U-Net at base width 4, depth 4."""
+    return _create('unet_b4', False, pretrained, kwargs, 4, 4)
+
+
+
+@register_factory(_unet_cfg(False))
+def unet_b8(pretrained: bool = False, **kwargs) -> UNet:
+    """U-Net at base width 8, depth 4."""
+    return _create('unet_b8', False, pretrained, kwargs, 8, 4)
+
+
+
+@register_factory(_unet_cfg(False))
+def unet_b16(pretrained: bool = False, **kwargs) -> UNet:
+    """U-Net at base width 16, depth 4."""
+    return _create('unet_b16', False, pretrained, kwargs, 16, 4)
+
+
+
+@register_factory(_unet_cfg(True))
+def qunet_b4(pretrained: bool = False, **kwargs) -> UNet:
+    """Quadratic U-Net at base width 4, depth 3."""
+    return _create('qunet_b4', True, pretrained, kwargs, 4, 3)
+
+
+
+@register_factory(_unet_cfg(True))
+def qunet_b8(pretrained: bool = False, **kwargs) -> UNet:
+    """Quadratic U-Net at base width 8, depth 3."""
+    return _create('qunet_b8', True, pretrained, kwargs, 8, 3)
+
+
+
+@register_factory(_unet_cfg(True))
+def qunet_b16(pretrained: bool = False, **kwargs) -> UNet:
+    """Quadratic U-Net at base width 16, depth 3."""
+    return _create('qunet_b16', True, pretrained, kwargs, 16, 3)

@@ -1,0 +1,51 @@
+"""A built wheel carries the published weights: installed into a fresh virtualenv (its dependencies taken from
+this environment, qzoo only from the wheel), it loads pretrained weights offline from another directory."""
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_wheel_loads_pretrained_offline_outside_the_checkout(tmp_path):
+    dist = tmp_path / 'dist'
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(dist),
+                    str(ROOT)], check=True, capture_output=True, timeout=600)
+    wheel = next(dist.glob('qzoo-*.whl'))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert 'qzoo/checkpoints/manifest.json' in names
+    assert 'qzoo/checkpoints/qcnn.cwru-snr-6db-s1/model.safetensors' in names
+
+    env_dir = tmp_path / 'venv'
+    venv.create(env_dir, with_pip=False)
+    py = env_dir / 'bin' / 'python'
+    site = subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # torch, timm, ... from this environment (a plain path: its .pth files, e.g. an editable qzoo, stay inactive)
+    with open(os.path.join(site, 'deps.pth'), 'w') as f:
+        f.write(sysconfig.get_paths()['purelib'] + '\n')
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', '--target', site,
+                    str(wheel)], check=True, capture_output=True, timeout=600)
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    code = ('import qzoo, timm, torch\n'
+            'm = timm.create_model("qcnn", pretrained=True)\n'
+            'print(qzoo.__file__)\nprint(m.pretrained_cfg["file"])\n'
+            'torch.save(m.state_dict(), "sd.pt")\n')
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'QZOO_CHECKPOINTS')}
+    env.update(HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
+    p = subprocess.run([str(py), '-c', code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    qzoo_file, weights_file = p.stdout.split()[:2]
+    assert qzoo_file.startswith(site) and weights_file.startswith(site)  # not the checkout's copy
+    import qzoo
+    ref = qzoo.create_model('qcnn', pretrained=True).state_dict()
+    got = torch.load(elsewhere / 'sd.pt', weights_only=True)
+    assert all(torch.equal(got[k], v) for k, v in ref.items())
