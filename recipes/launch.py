@@ -29,8 +29,9 @@ each recipe with ``--smoke`` on the CPU, under runs/smoke/):
 
     conventional    resnet20/32/44/56 (width 16) and resnet20 at widths 8, 12, 24         7 runs
     quad-sweep      qresnet20 w16 at quad_lr_scale 1e-4, 1e-3, 1e-2, 1e-1, 10 epochs      4 runs, packed without weights
-    quadratic       qresnet20 w8/w12/w16, qresnet8, qresnet14                             5 runs
-    neurons         the 8 neuron families at resnet20's parameter budget                  8 runs
+    quadratic       qresnet20 w8/w12/w16, qresnet14, qresnet8, qresnet20 w9, 40 epochs   6 runs, cut from the end
+    seeds           seeds 1, 2 of resnet20, qresnet20 w16, resnet20 w8, qresnet20 w9     8 runs, cut from the end
+    neurons         the 8 neuron families at resnet20's parameter budget, 40 epochs       8 runs, cut from the end
     neurons-sweep   quad_lr_scale 1e-3, 1e-2, 1e-1 for the 6 families with ReLinear groups, 10 epochs
     quadratic-auto  quad-sweep, then quadratic with the sweep's quad_lr_scale (best validation top-1
                     among its finite runs, i.e. no NaN/inf outputs)
@@ -211,6 +212,31 @@ def _check_fit(fit, runs, started, t0, now):
     return new
 
 
+def _check_drop(fit, runs, started, t0, now):
+    """The ``drop`` policy: once every run has logged two epochs, keep the epoch count and, if the batch would
+    overrun fit['budget_s'], drop runs from the END of the list (the last named is the least wanted) until the
+    rest fits, counting the speed-up the others get. Returns the names to stop ([] when all fit); raises
+    FitError when not even the first run fits."""
+    times = {r['name']: [l['time'] for l in _read_log(r)] for r in runs}
+    if any(len(t) < 2 for t in times.values()):
+        return None  # not measured yet
+    E = fit['requested_epochs']
+    per_epoch = {k: (t[-1] - t[0]) / (len(t) - 1) for k, t in times.items()}
+    order = [r['name'] for r in runs]
+    n_all = len(order)
+    for keep in range(n_all, 0, -1):
+        kept = order[:keep]
+        # measured while n_all shared the device: with fewer, each runs (n_all / keep) ** alpha faster
+        speed = (n_all / keep) ** SHARE_ALPHA
+        left = _batch_time({k: E - len(times[k]) + 1 for k in kept}, {k: per_epoch[k] / speed for k in kept})
+        if now - t0 + left <= fit['budget_s']:
+            fit.update(measured_at_s=now - t0, epoch_s={k: round(v, 3) for k, v in per_epoch.items()},
+                       share_alpha=SHARE_ALPHA, projected_s=now - t0 + left, epochs=E, dropped=order[keep:])
+            return order[keep:]
+    raise FitError(f'--fit-in (drop): even {order[0]} alone does not finish {E} epochs in {fit["budget_s"]:.0f}s '
+                   f'(its epoch takes {per_epoch[order[0]]:.1f}s side by side)')
+
+
 # ---- child processes -----------------------------------------------------------------------
 def _die_with_parent():
     """preexec_fn (Linux): the child gets SIGKILL when the launcher dies, even by SIGKILL."""
@@ -300,15 +326,18 @@ def _child_env(parallel: int):
     return env
 
 
-def _fit_plan(runs, parallel: int, fit_in: Optional[float]):
+def _fit_plan(runs, parallel: int, fit_in: Optional[float], policy: str = 'epochs'):
     if not fit_in:
         return None
+    if policy not in ('epochs', 'drop'):
+        raise ValueError(f"fit policy must be 'epochs' (cut the shared epoch count) or 'drop' (drop runs from the "
+                         f"end of the list), got {policy!r}")
     from qzoo.recipe import load_recipe
     epochs = {load_recipe(ROOT / r['config'], r['overrides']).epochs for r in runs}
     if len(epochs) != 1 or parallel < len(runs):
         raise ValueError('--fit-in needs every run side by side (--parallel >= number of runs) and one shared '
                          f'epoch count (got epochs {sorted(epochs)}, {len(runs)} runs, --parallel {parallel})')
-    return dict(budget_s=fit_in, requested_epochs=epochs.pop(), refit=False)
+    return dict(budget_s=fit_in, requested_epochs=epochs.pop(), refit=False, policy=policy)
 
 
 class _Batch:
@@ -333,6 +362,8 @@ class _Batch:
         """Measured once, with every run started: restart them all with fewer epochs when the batch would overrun."""
         if fit is None or 'projected_s' in fit or self.pending:
             return False
+        if fit.get('policy') == 'drop':
+            return self._drop(fit)
         new = _check_fit(fit, [r for r, _ in self.active], self.started, self.t0, self.clock())
         if new is None:
             return False
@@ -345,6 +376,18 @@ class _Batch:
         self.active = []
         self.note(f'--fit-in: restarting every run with epochs={new} (projected {fit["projected_s"]:.0f}s for '
                   f'{fit["requested_epochs"]} epochs > {fit["budget_s"]:.0f}s)')
+        return True
+
+    def _drop(self, fit) -> bool:
+        names = _check_drop(fit, [r for r, _ in self.active], self.started, self.t0, self.clock())
+        if not names:
+            return False
+        for item in [a for a in self.active if a[0]['name'] in names]:
+            r, child = item
+            child.stop()
+            r.update(returncode=None, dropped=True)
+            self.active.remove(item)
+            self.note(f'--fit-in: dropped {r["name"]} (the batch would not end within {fit["budget_s"]:.0f}s)')
         return True
 
     def reap(self, timeout: Optional[float]) -> None:
@@ -368,11 +411,12 @@ class _Batch:
 
 def run_batch(runs, parallel: int = 1, smoke: bool = False, timeout: Optional[float] = None,
               fit_in: Optional[float] = None, start: Optional[Callable] = None, clock: Callable[[], float] = time.time,
-              sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = print) -> Dict:
+              sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = print,
+              fit_policy: str = 'epochs') -> Dict:
     """Run ``runs`` (from :func:`plan`), at most ``parallel`` at a time; returns the summary. ``start(run)`` starts
     a run (default: recipes/train.py in a :class:`Child`); every run still going when this returns or raises is
     stopped."""
-    fit = _fit_plan(runs, parallel, fit_in)
+    fit = _fit_plan(runs, parallel, fit_in, fit_policy)
     if start is None:
         env = _child_env(parallel)
         start = lambda r: _start_train(r, smoke, env)  # noqa: E731
@@ -431,6 +475,8 @@ class Stage:
     sets: Tuple[str, ...] = ()
     grid: Tuple[str, ...] = ()
     weights: bool = True      # pack model.safetensors (sweeps only need their metrics)
+    fit: str = 'epochs'       # when it would overrun: 'epochs' cuts the shared epoch count, 'drop' drops runs from
+                              # the end of ``configs`` (comparisons with the published baselines keep their epochs)
 
 
 @dataclass(frozen=True)
@@ -449,8 +495,14 @@ _STAGES = {
                                                  'resnet20-w12', 'resnet20-w24')),
     'quad-sweep': Stage('quad-sweep', _cifar('qresnet20-w16'), ('epochs=10',), ('quad_lr_scale=1e-4,1e-3,1e-2,1e-1',),
                         weights=False),
-    'quadratic': Stage('quadratic', _cifar('qresnet20-w8', 'qresnet20-w12', 'qresnet20-w16', 'qresnet8', 'qresnet14')),
-    'neurons': Stage('neurons', _cifar(*(f'neurons/{n}' for n in FAMILIES + ('linear', 'power')))),
+    # at the published baselines' 40 epochs, in order of need: runs that do not fit are dropped from the end
+    'quadratic': Stage('quadratic', _cifar('qresnet20-w8', 'qresnet20-w12', 'qresnet20-w16', 'qresnet14', 'qresnet8',
+                                           'qresnet20-w9'), ('epochs=40',), fit='drop'),
+    'neurons': Stage('neurons', _cifar(*(f'neurons/{n}' for n in FAMILIES + ('linear', 'power'))), ('epochs=40',),
+                     fit='drop'),
+    # seeds 1 and 2 of the headline pair (give the quadratic runs the scale chosen by quadratic-auto with --set)
+    'seeds': Stage('seeds', _cifar('resnet20', 'qresnet20-w16', 'resnet20-w8', 'qresnet20-w9'), ('epochs=40',),
+                   ('seed=1,2',), fit='drop'),
     'neurons-sweep': Stage('neurons-sweep', _cifar(*(f'neurons/{n}' for n in FAMILIES)), ('epochs=10',),
                            ('quad_lr_scale=1e-3,1e-2,1e-1',), weights=False),
 }
@@ -505,7 +557,7 @@ class _Session:
         self.say(f'stage {stage.name}: {len(runs)} runs, {min(parallel, len(runs))} side by side'
                  + (f', fitted to {fit_in:.0f}s' if fit_in is not None else ''))
         try:
-            summary = run_batch(runs, parallel, self.smoke, fit_in=fit_in, say=self.say)
+            summary = run_batch(runs, parallel, self.smoke, fit_in=fit_in, say=self.say, fit_policy=stage.fit)
         except FitError as e:
             self.say(f'stage {stage.name}: {e}')
             self.failed.append(stage.name)
@@ -513,7 +565,7 @@ class _Session:
         _write_summary(runs_dir, summary)
         _print_summary(summary, self.say)
         pack(runs_dir, runs, self.out / f'{stage.name}.tar.gz', weights=stage.weights)
-        self.failed += [r['name'] for r in summary['runs'] if r.get('returncode') != 0]
+        self.failed += [r['name'] for r in summary['runs'] if r.get('returncode') != 0 and not r.get('dropped')]
         return summary
 
 

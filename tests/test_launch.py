@@ -67,6 +67,32 @@ def test_fit_projection_cuts_epochs_when_it_overruns(tmp_path):
     assert new == 9 and fit['refit'] and fit['epochs'] == 9 and fit['projected_s'] > 60
 
 
+def test_drop_policy_keeps_the_epochs_and_drops_runs_from_the_end(tmp_path):
+    """Comparisons with the published baselines keep their epoch count: runs are dropped, last named first."""
+    # three runs at 2, 3, 4 s/epoch side by side, 20 epochs each, measured at T0 + 20
+    runs = _runs(tmp_path, {'a': [T0 + 10, T0 + 12], 'b': [T0 + 10, T0 + 13], 'c': [T0 + 10, T0 + 14]})
+    fit = dict(budget_s=1000, requested_epochs=20, refit=False, policy='drop')
+    assert launch._check_drop(fit, runs, {}, T0, now=T0 + 20) == []  # everything fits
+    assert fit['epochs'] == 20 and fit['dropped'] == []
+    fit = dict(budget_s=75, requested_epochs=20, refit=False, policy="drop")
+    dropped = launch._check_drop(fit, runs, {}, T0, now=T0 + 20)
+    assert dropped == ['c'] and fit['epochs'] == 20
+    # a and b alone run (3 / 2) ** alpha faster than measured: exactly what the projection counts
+    speed = 1.5 ** launch.SHARE_ALPHA
+    assert fit['projected_s'] == pytest.approx(20 + launch._batch_time({'a': 19, 'b': 19},
+                                                                       {'a': 2 / speed, 'b': 3 / speed}))
+    fit = dict(budget_s=35, requested_epochs=20, refit=False, policy="drop")
+    with pytest.raises(launch.FitError, match='even a alone'):
+        launch._check_drop(fit, runs, {}, T0, now=T0 + 20)
+
+
+def test_cifar_comparison_presets_keep_the_baselines_epochs():
+    for name in ('quadratic', 'neurons', 'seeds'):
+        stage = launch.PRESETS[name].final
+        assert stage.fit == 'drop' and 'epochs=40' in stage.sets, name
+    assert launch.PRESETS['quadratic'].final.configs[-1].endswith('qresnet20-w9.yaml')  # the optional one last
+
+
 def test_fit_projection_waits_for_two_epochs_of_every_run_and_refuses_what_cannot_fit(tmp_path):
     runs = _runs(tmp_path, {'a': [T0 + 1, T0 + 2, T0 + 3], 'b': [T0 + 2]})
     fit = dict(budget_s=1, requested_epochs=50, refit=False)
