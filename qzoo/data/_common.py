@@ -1,5 +1,7 @@
 """Pieces shared by the dataset loaders: the result dataclasses, where data and caches live,
-version-independent seeded splits, checked file access and clear errors."""
+version-independent seeded splits, checked file access, content checks (labels, finite
+values, binary masks) and clear errors: :class:`~qzoo.errors.DataError` (a ValueError) for bad
+content, FileNotFoundError for missing files."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +15,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..errors import DataError
+from ..fileio import atomic_open, sha256_file
 
 SPLITS = ('train', 'val', 'test')
 #: the repository's own data folder (shipped test packs, fixed split files)
@@ -153,17 +158,6 @@ def missing(path: Path, what: str, source: str, root_from: str = '') -> FileNotF
 
 
 # ----------------------------------------------------------------------------- hashing, seeds
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def sha256_array(*arrays) -> str:
     h = hashlib.sha256()
     for a in arrays:
@@ -240,36 +234,35 @@ def group_split(groups: Sequence[str], fractions: Sequence[float], seed: int) ->
 
 # ----------------------------------------------------------------------------- files
 def load_npz(path: Path, keys: Sequence[str], what: str = '') -> Dict[str, np.ndarray]:
-    """Read ``keys`` from an .npz; a truncated / corrupt file or a missing key is a ValueError
-    naming the file."""
+    """Read ``keys`` from an .npz; a truncated / corrupt file or a missing key is a
+    :class:`DataError` naming the file."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             have = set(z.files)
             lost = [k for k in keys if k not in have]
             if lost:
-                raise ValueError(f'{path} lacks key(s) {lost} (it has {sorted(have)}); expected {what or "keys " + str(list(keys))}. '
+                raise DataError(f'{path} lacks key(s) {lost} (it has {sorted(have)}); expected {what or "keys " + str(list(keys))}. '
                                  f'The file is not the expected one: copy it again from its source.')
             return {k: z[k] for k in keys}
     except FileNotFoundError:
         raise
+    except DataError:
+        raise
     except ValueError as e:
-        if str(e).startswith(str(path)):
-            raise
-        raise ValueError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated or '
+        raise DataError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated or '
                          f'corrupt: copy it again from its source') from e
     except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
-        raise ValueError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated or '
+        raise DataError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated or '
                          f'corrupt: copy it again from its source') from e
 
 
 def save_npz_atomic(path: Path, compressed: bool = False, **arrays) -> None:
+    """Write an .npz atomically (readers see the old file or the new one, never a partial one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    with open(tmp, 'wb') as f:
+    with atomic_open(path, 'wb') as f:
         (np.savez_compressed if compressed else np.savez)(f, **arrays)
-    os.replace(tmp, path)
 
 
 def repo_pack(name: str) -> Path:
@@ -286,10 +279,49 @@ def check_pack(path: Path) -> str:
     if manifest.exists():
         want = json.loads(manifest.read_text()).get('files', {}).get(path.name, {}).get('sha256')
         if want and want != digest:
-            raise ValueError(f'{path} does not match data/MANIFEST.json (sha256 {digest[:12]}..., expected '
+            raise DataError(f'{path} does not match data/MANIFEST.json (sha256 {digest[:12]}..., expected '
                              f'{want[:12]}...): restore it with git (git checkout -- data/{path.name})')
     return digest
 
 
 def only_test(splits: Sequence[str]) -> bool:
     return set(splits) <= {'test'}
+
+
+# ----------------------------------------------------------------------------- content checks
+def check_labels(y: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    """``y`` as int64 after checking it is a 1-D array of integers in ``[0, num_classes)``; a
+    :class:`DataError` naming ``where`` (file and key) and the first offending value otherwise."""
+    y = np.asarray(y)
+    fix = 'the file is corrupt or not the expected one: copy it again from its source'
+    if y.ndim != 1:
+        raise DataError(f'{where}: labels must be a 1-D array, found shape {y.shape}; {fix}')
+    if y.dtype.kind not in 'iu':
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y))) if y.dtype.kind == 'f' else np.arange(len(y))
+        example = f' (e.g. {y[bad[0]].item()!r} at index {int(bad[0])})' if len(bad) else ''
+        raise DataError(f'{where}: labels must be integers in [0, {num_classes}), found dtype {y.dtype}{example}; '
+                        f'{fix}')
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))
+    if len(bad):
+        raise DataError(f'{where}: labels must be integers in [0, {num_classes}), found {int(y[bad[0]])} at index '
+                        f'{int(bad[0])} ({len(bad)} label(s) out of range); {fix}')
+    return y.astype(np.int64)
+
+
+def check_finite(x: np.ndarray, where: str, fix: str = 'copy the file again from its source') -> None:
+    """Raise a :class:`DataError` naming ``where`` unless every value of ``x`` is finite."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite.reshape(-1))[0])
+        raise DataError(f'{where}: expected finite values, found {x.reshape(-1)[i]} at flat index {i} '
+                        f'({int((~finite).sum())} non-finite value(s)); {fix}')
+
+
+def check_binary(m: np.ndarray, where: str) -> None:
+    """Raise a :class:`DataError` naming ``where`` unless mask array ``m`` is uint8 with values in {0, 1}."""
+    if m.dtype != np.uint8:
+        raise DataError(f'{where}: masks must be uint8 0/1, found dtype {m.dtype}; copy the file again')
+    bad = np.flatnonzero(m.reshape(-1) > 1)
+    if len(bad):
+        raise DataError(f'{where}: masks must hold only 0 and 1, found {int(m.reshape(-1)[bad[0]])} at flat index '
+                        f'{int(bad[0])} ({len(bad)} value(s)); copy the file again')

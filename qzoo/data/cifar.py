@@ -4,7 +4,15 @@
 image plus the concatenated entropy-coded scans (image i = header + scans[off[i]:off[i+1]]).
 Every image is decoded once with ``torchvision.io.decode_jpeg`` (libjpeg-turbo, on the CPU:
 this decoder's pixels are the dataset; nvJPEG's IDCT may differ) and the decoded uint8 arrays
-are cached in ``$QZOO_CACHE`` (default ``~/.cache/qzoo``) under the source file's sha256.
+are cached in ``$QZOO_CACHE`` (default ``~/.cache/qzoo``) as
+``cifar10-jpeg75/<source sha256>-<split>.npz`` with the SHA-256 of their content
+(:func:`~qzoo.data._common.sha256_array` of images and labels). A cached split is used only if
+its images are uint8 (N, 3, 32, 32) with N the source's image count, its labels equal the
+source's, and its content digest matches; otherwise it is decoded again and rewritten (with a
+warning naming the file). ``info['decode_cache']`` says per split whether the cache was used.
+
+Labels must be integers in [0, 10) (a :class:`~qzoo.errors.DataError` naming the file and key
+otherwise), in the source file as in torchvision's ``cifar10``.
 
 Split rule (both datasets): the 50,000 training images give a fixed 45,000 / 5,000
 train / val split, stratified per class (500 val images per class), see
@@ -15,15 +23,17 @@ format and bytes), used when the full file is missing and only ``test`` is asked
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ._common import (STRATIFIED_RULE, DataSplits, Split, add_size_info, cache_dir, check_pack, data_root,
-                      load_npz, missing, only_test, repo_pack, root_source, save_npz_atomic, sha256_array,
-                      sha256_file, stratified_holdout)
+from ..errors import DataError
+from ._common import (STRATIFIED_RULE, DataSplits, Split, add_size_info, cache_dir, check_labels, check_pack,
+                      data_root, load_npz, missing, only_test, repo_pack, root_source, save_npz_atomic,
+                      sha256_array, sha256_file, stratified_holdout)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -46,7 +56,7 @@ def decode_jpeg_split(header: np.ndarray, scans: np.ndarray, offsets: np.ndarray
     from torchvision.io import decode_jpeg, ImageReadMode
     n = len(offsets) - 1
     if n < 0 or offsets[0] != 0 or offsets[-1] != len(scans) or np.any(np.diff(offsets) <= 0):
-        raise ValueError(f'{path}: offsets do not index the scans (first {offsets[:1]}, last {offsets[-1:]}, '
+        raise DataError(f'{path}: offsets do not index the scans (first {offsets[:1]}, last {offsets[-1:]}, '
                          f'{len(scans)} scan bytes): the file is corrupt; copy it again')
     head = header.tobytes()
     blobs = [torch.frombuffer(bytearray(head + scans[offsets[i]:offsets[i + 1]].tobytes()), dtype=torch.uint8)
@@ -56,31 +66,68 @@ def decode_jpeg_split(header: np.ndarray, scans: np.ndarray, offsets: np.ndarray
         try:
             imgs = decode_jpeg(blobs[s:s + 8192], mode=ImageReadMode.RGB)
         except RuntimeError as e:
-            raise ValueError(f'{path}: a JPEG in images {s}..{min(n, s + 8192) - 1} does not decode ({e}); '
+            raise DataError(f'{path}: a JPEG in images {s}..{min(n, s + 8192) - 1} does not decode ({e}); '
                              f'the file is corrupt: copy it again') from e
         out.append(torch.stack(imgs).numpy())
     return np.concatenate(out) if out else np.zeros((0, 3, 32, 32), np.uint8)
 
 
-def _decoded(path: Path, split: str, digest: str, use_cache: bool) -> Dict[str, np.ndarray]:
-    """{'x', 'y'} of one split of a JPEG pack, through the decode cache."""
+def _source_labels(path: Path, split: str) -> Tuple[int, np.ndarray]:
+    """(image count, checked int64 labels) of one split of a JPEG pack."""
+    raw = load_npz(path, [f'{split}_offsets', f'{split}_labels'],
+                   what='the cifar10-jpeg75 format (see ../shared/README.md)')
+    y = check_labels(raw[f'{split}_labels'], len(CLASSES), f'{path}, key {split}_labels')
+    n = len(raw[f'{split}_offsets']) - 1
+    if len(y) != n:
+        raise DataError(f'{path}: {n} {split} images (key {split}_offsets) but {len(y)} labels (key {split}_labels); '
+                        f'the file is corrupt: copy it again')
+    return n, y
+
+
+def _cache_problem(cpath: Path, n: int, labels: np.ndarray) -> Tuple[Optional[str], Optional[Dict[str, np.ndarray]]]:
+    """(None, arrays) when the cached split at ``cpath`` holds ``n`` uint8 (3, 32, 32) images, the
+    source's ``labels`` and a matching content digest; (what is wrong, None) otherwise."""
+    try:
+        d = load_npz(cpath, ['x', 'y', 'sha256'])
+    except DataError as e:
+        return str(e), None
+    x, y = d['x'], d['y']
+    if x.dtype != np.uint8 or x.shape != (n, 3, 32, 32):
+        return f'images are {x.dtype} {x.shape}, expected uint8 {(n, 3, 32, 32)}', None
+    if y.dtype != np.int64 or y.shape != (n,) or not np.array_equal(y, labels):
+        return f'labels ({y.dtype} {y.shape}) differ from the source\'s {n} labels', None
+    if str(d['sha256']) != sha256_array(x, y):
+        return 'content does not match the SHA-256 recorded when it was written', None
+    return None, {'x': x, 'y': y}
+
+
+def _decoded(path: Path, split: str, digest: str, use_cache: bool, status: Dict[str, str]) -> Dict[str, np.ndarray]:
+    """{'x', 'y'} of one split of a JPEG pack, through the checked decode cache; ``status[split]``
+    records 'cached', 'decoded and cached', 'rebuilt (<why>)' or 'decoded (cache off)'."""
+    n, labels = _source_labels(path, split)
     cpath = cache_dir() / 'cifar10-jpeg75' / f'{digest}-{split}.npz'
+    why = None
     if use_cache and cpath.exists():
-        try:
-            return load_npz(cpath, ['x', 'y'])
-        except ValueError:
-            pass  # a damaged cache entry: decode again and overwrite it
-    raw = load_npz(path, ['header'] + _keys(split), what='the cifar10-jpeg75 format (see ../shared/README.md)')
+        why, arrays = _cache_problem(cpath, n, labels)
+        if why is None:
+            status[split] = 'cached'
+            return arrays
+        warnings.warn(f'decoded-image cache {cpath} is not a valid copy of the {split} split of {path} ({why}); '
+                      f'decoding again and rewriting it', RuntimeWarning, stacklevel=3)
+    raw = load_npz(path, ['header', f'{split}_scans', f'{split}_offsets'],
+                   what='the cifar10-jpeg75 format (see ../shared/README.md)')
     x = decode_jpeg_split(raw['header'], raw[f'{split}_scans'], raw[f'{split}_offsets'], path)
-    y = raw[f'{split}_labels'].astype(np.int64)
-    if len(x) != len(y):
-        raise ValueError(f'{path}: {len(x)} {split} images but {len(y)} labels')
+    if x.shape[1:] != (3, 32, 32):
+        raise DataError(f'{path}: the {split} JPEGs decode to {x.shape[1:]} images, expected (3, 32, 32); the file '
+                        f'is not cifar10-jpeg75: copy it again')
+    status[split] = 'decoded (cache off)'
     if use_cache:
         try:
-            save_npz_atomic(cpath, x=x, y=y)
+            save_npz_atomic(cpath, x=x, y=labels, sha256=np.array(sha256_array(x, labels)))
+            status[split] = f'rebuilt ({why})' if why else 'decoded and cached'
         except OSError:
             pass  # an unwritable cache only costs time
-    return {'x': x, 'y': y}
+    return {'x': x, 'y': labels}
 
 
 def load_cifar10_jpeg75(root=None, splits: Sequence[str] = ('train', 'val', 'test'), split_seed: int = 0,
@@ -107,10 +154,11 @@ def load_cifar10_jpeg75(root=None, splits: Sequence[str] = ('train', 'val', 'tes
     meta = load_npz(path, ['classes'])
     classes = [str(c) for c in meta['classes']]
     if classes != CLASSES:
-        raise ValueError(f'{path}: classes {classes} are not CIFAR-10\'s {CLASSES}')
-    out = {}
+        raise DataError(f'{path}: classes {classes} are not CIFAR-10\'s {CLASSES}')
+    out, status = {}, {}
+    info['decode_cache'] = status
     if {'train', 'val'} & set(splits):
-        d = _decoded(path, 'train', digest, cache)
+        d = _decoded(path, 'train', digest, cache, status)
         tr, va = stratified_holdout(d['y'], int(round(VAL_FRACTION * len(d['y']))), split_seed)
         info['split_sha256'] = sha256_array(tr, va)
         for s, idx in (('train', tr), ('val', va)):
@@ -118,7 +166,7 @@ def load_cifar10_jpeg75(root=None, splits: Sequence[str] = ('train', 'val', 'tes
                 out[s] = Split(torch.from_numpy(np.ascontiguousarray(d['x'][idx])), torch.from_numpy(d['y'][idx]),
                                meta={'source_split': 'train', 'source_index': torch.from_numpy(idx)})
     if 'test' in splits:
-        d = _decoded(path, 'test', digest, cache)
+        d = _decoded(path, 'test', digest, cache, status)
         out['test'] = Split(torch.from_numpy(d['x']), torch.from_numpy(d['y']),
                             meta={'source_split': 'test', 'source_index': torch.arange(len(d['y']))})
     name = 'cifar10-jpeg75' + (f'-split{split_seed}' if split_seed != 0 else '')
@@ -153,7 +201,12 @@ def load_cifar10(root=None, splits: Sequence[str] = ('train', 'val', 'test'), sp
                 f'download (load_dataset("cifar10", download=True) on a machine with internet access, into root=... '
                 f'or $QZOO_DATA). Without internet use "cifar10-jpeg75", the local JPEG-75 copy (report it under '
                 f'that name: its pixels differ from the original).') from e
-        data[train] = (np.asarray(ds.data).transpose(0, 3, 1, 2).copy(), np.asarray(ds.targets, dtype=np.int64))
+        where = f'{base / "cifar-10-batches-py"} ({"training" if train else "test"} batches, torchvision targets)'
+        x = np.asarray(ds.data)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise DataError(f'{where}: images are {x.dtype} {x.shape}, expected uint8 (N, 32, 32, 3); download it '
+                            f'again')
+        data[train] = (x.transpose(0, 3, 1, 2).copy(), check_labels(np.asarray(ds.targets), len(CLASSES), where))
     out = {}
     if True in data:
         x, y = data[True]

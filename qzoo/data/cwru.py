@@ -25,6 +25,10 @@ Normalisation (``normalize``): ``'none'`` (default; raw acceleration in g plus n
 ``'window'`` (each noisy window z-scored by its own mean and std: no statistics cross windows,
 so none cross splits).
 
+Values: the drive-end signal must be real and finite in float32 (a value such as 1e300 is
+finite in float64 but inf in float32), and so must every window after noise and
+normalisation; otherwise a :class:`~qzoo.errors.DataError` names the file and key.
+
 The repository ships the test segments (``data/cwru-0hp-test.npz``, float32) so
 ``splits=('test',)`` works without the .mat files and gives bit-identical windows and noise.
 """
@@ -38,7 +42,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._common import (DataSplits, Split, add_size_info, check_pack, data_root, load_npz, missing,
+from ..errors import DataError
+from ._common import (DataSplits, Split, add_size_info, check_finite, check_pack, data_root, load_npz, missing,
                       only_test, repo_pack, root_source, save_npz_atomic, sha256_file)
 
 CLASSES = ['normal', 'B007', 'B014', 'B021', 'IR007', 'IR014', 'IR021', 'OR007@6', 'OR014@6', 'OR021@6']
@@ -80,30 +85,36 @@ def find_files(folder: Path) -> Dict[str, Tuple[Path, int]]:
             f'class named normal_0_<id>.mat or 12k_Drive_End_<B|IR|OR><007|014|021>[@6]_0_<id>.mat. {SOURCE}')
     dup = {c: [p.name for p, _ in v] for c, v in found.items() if len(v) > 1}
     if dup:
-        raise ValueError(f'{folder}: more than one file for class(es) {dup}; keep one per class')
+        raise DataError(f'{folder}: more than one file for class(es) {dup}; keep one per class')
     return {c: found[c][0] for c in CLASSES}
 
 
 def read_de(path: Path, rid: int) -> np.ndarray:
-    """The drive-end signal ``X<id>_DE_time`` of a CWRU .mat file as float32 (L,)."""
+    """The drive-end signal ``X<id>_DE_time`` of a CWRU .mat file as float32 (L,), checked to be
+    real, finite in float32 and at least 5 windows long."""
     import scipy.io
     try:
         mat = scipy.io.loadmat(str(path))
     except Exception as e:  # scipy raises several types for truncated / non-MAT files
-        raise ValueError(f'{path} is not a readable MATLAB file ({type(e).__name__}: {e}); copy it again') from e
+        raise DataError(f'{path} is not a readable MATLAB file ({type(e).__name__}: {e}); copy it again') from e
     key = f'X{rid:03d}_DE_time'
     if key not in mat:
         cands = [k for k in mat if k.endswith('_DE_time')]
         if len(cands) != 1:
             keys = sorted(k for k in mat if not k.startswith('__'))
-            raise ValueError(f'{path} has no drive-end channel {key!r} (keys: {keys}); expected a CWRU file with '
-                             f'X<id>_DE_time for the id in its name')
+            raise DataError(f'{path} has no drive-end channel {key!r} (keys: {keys}); expected a CWRU file with '
+                            f'X<id>_DE_time for the id in its name')
         key = cands[0]
-    sig = np.asarray(mat[key], dtype=np.float64).reshape(-1)
-    if sig.size < 5 * WINDOW or not np.all(np.isfinite(sig)):
-        raise ValueError(f'{path}: {key} has {sig.size} samples{"" if np.all(np.isfinite(sig)) else " with NaN/inf"}; '
-                         f'expected a finite recording of at least {5 * WINDOW} samples')
-    return sig.astype(np.float32)
+    arr = np.asarray(mat[key])
+    if arr.dtype.kind not in 'iuf':
+        raise DataError(f'{path}: {key} holds {arr.dtype} values, expected a real-valued recording; copy it again')
+    with np.errstate(over='ignore', invalid='ignore'):   # checked just below
+        sig = arr.astype(np.float32).reshape(-1)
+    if sig.size < 5 * WINDOW:
+        raise DataError(f'{path}: {key} has {sig.size} samples; expected a recording of at least {5 * WINDOW}')
+    check_finite(sig, f'{path}, key {key} (as float32, the dtype qzoo uses; float32 holds |x| < 3.4e38)',
+                 'copy the file again from its source')
+    return sig
 
 
 def bounds(length: int, fractions: Sequence[float] = FRACTIONS) -> Dict[str, Tuple[int, int]]:
@@ -132,7 +143,8 @@ def make_windows(seg: np.ndarray, stride: int, snr_db: Optional[float], noise_se
         w = w + rng.standard_normal(w.shape) * np.sqrt(power / 10.0 ** (snr_db / 10.0))
     if normalize == 'window' and len(w):
         w = (w - w.mean(axis=1, keepdims=True)) / np.maximum(w.std(axis=1, keepdims=True), 1e-12)
-    return w.astype(np.float32), starts
+    with np.errstate(over='ignore', invalid='ignore'):   # load_cwru checks the windows are finite
+        return w.astype(np.float32), starts
 
 
 def _segments_full(folder: Path, splits) -> Tuple[Dict, Dict]:
@@ -151,15 +163,16 @@ def _segments_pack(path: Path) -> Tuple[Dict, Dict]:
     keys = ['signal', 'offsets', 'starts', 'lengths', 'classes', 'files', 'sha256']
     z = load_npz(path, keys)
     if [str(c) for c in z['classes']] != CLASSES:
-        raise ValueError(f'{path}: classes {list(z["classes"])} differ from {CLASSES}')
+        raise DataError(f'{path}: classes {list(z["classes"])} differ from {CLASSES}')
     segs, src = {}, {}
     for i, c in enumerate(CLASSES):
         seg = z['signal'][z['offsets'][i]:z['offsets'][i + 1]]
         start, length = int(z['starts'][i]), int(z['lengths'][i])
         bd = bounds(length)
         if bd['test'] != (start, start + len(seg)):
-            raise ValueError(f'{path}: class {c} segment [{start}, {start + len(seg)}) is not the test segment '
+            raise DataError(f'{path}: class {c} segment [{start}, {start + len(seg)}) is not the test segment '
                              f'{bd["test"]} of its {length}-sample recording: the pack is corrupt; restore it')
+        check_finite(seg, f'{path}, key signal (class {c})', f'restore it (git checkout -- data/{path.name})')
         segs[c] = {'test': (start, seg)}
         src[c] = dict(file=str(z['files'][i]), sha256=str(z['sha256'][i]), length=length,
                       segments={s: list(bd[s]) for s in ('train', 'val', 'test')})
@@ -209,6 +222,8 @@ def load_cwru(root=None, splits: Sequence[str] = ('train', 'val', 'test'), snr_d
         for ci, c in enumerate(CLASSES):
             seg_start, seg = segs[c][s]
             w, starts = make_windows(seg, stride, snr_db, noise_seed, s, ci, normalize)
+            check_finite(w, f'{src[c]["file"]}, key {src[c].get("key", "signal")}: {s} windows after noise and '
+                            f'normalisation', 'the recording holds values too large for float32 arithmetic')
             xs.append(w)
             ys.append(np.full(len(w), ci, np.int64))
             st.append(starts + seg_start)

@@ -25,8 +25,9 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._common import (DataSplits, Split, add_size_info, check_pack, data_root, group_split, hash_rank,
-                      load_npz, missing, only_test, repo_pack, root_source, save_npz_atomic, sha256_file)
+from ..errors import DataError
+from ._common import (DataSplits, Split, add_size_info, check_binary, check_pack, data_root, group_split,
+                      hash_rank, load_npz, missing, only_test, repo_pack, root_source, save_npz_atomic, sha256_file)
 
 DSB_FOLDER = 'dsb2018_96'
 DSB_SPLIT_FILE = 'dsb2018-96-split.json'
@@ -64,7 +65,7 @@ def _open(path: Path):
     except FileNotFoundError:
         raise
     except Exception as e:  # PIL raises several types for truncated / non-image files
-        raise ValueError(f'{path} is not a readable image ({type(e).__name__}: {e}); copy it again') from e
+        raise DataError(f'{path} is not a readable image ({type(e).__name__}: {e}); copy it again') from e
 
 
 # ----------------------------------------------------------------------------- dsb2018-96
@@ -93,11 +94,20 @@ def read_dsb_split(path: Path = None) -> Dict:
         ids = doc['ids']
         assert all(isinstance(ids[s], list) for s in ('train', 'val', 'test'))
     except Exception as e:
-        raise ValueError(f'{path} is not a valid split file ({type(e).__name__}: {e}); restore it with git') from e
+        raise DataError(f'{path} is not a valid split file ({type(e).__name__}: {e}); restore it with git') from e
     seen = [i for s in ('train', 'val', 'test') for i in ids[s]]
     if len(seen) != len(set(seen)):
-        raise ValueError(f'{path}: an id is listed twice (the splits must be disjoint); restore it with git')
+        raise DataError(f'{path}: an id is listed twice (the splits must be disjoint); restore it with git')
     return doc
+
+
+def _check_dsb_pack(path: Path, z: Dict[str, np.ndarray], n: int) -> None:
+    """Images uint8 (n, 3, 96, 96) and masks uint8 {0, 1} (n, 1, 96, 96), else a DataError."""
+    for key, shape in (('images', (n, 3, DSB_SIZE, DSB_SIZE)), ('masks', (n, 1, DSB_SIZE, DSB_SIZE))):
+        if z[key].dtype != np.uint8 or z[key].shape != shape:
+            raise DataError(f'{path}, key {key}: {z[key].dtype} {z[key].shape}, expected uint8 {shape}; restore it '
+                            f'(git checkout -- data/{path.name})')
+    check_binary(z['masks'], f'{path}, key masks')
 
 
 def dsb_ids(folder: Path) -> List[str]:
@@ -126,9 +136,10 @@ def load_dsb2018_96(root=None, splits: Sequence[str] = ('train', 'val', 'test'),
         z = load_npz(path, ['ids', 'images', 'masks'])
         ids = [str(i) for i in z['ids']]
         if ids != doc['ids']['test']:
-            raise ValueError(f'{path}: its ids differ from the test ids of {spath} (the shipped pack holds the test '
+            raise DataError(f'{path}: its ids differ from the test ids of {spath} (the shipped pack holds the test '
                              f'split of data/{DSB_SPLIT_FILE}; another split needs the full {DSB_FOLDER} folder)')
         info.update(source=str(path), source_sha256=digest, fallback=f'{path} (shipped test split)')
+        _check_dsb_pack(path, z, len(ids))
         if 'test' in splits:
             out['test'] = Split(torch.from_numpy(z['images']), torch.from_numpy(z['masks']), meta={'ids': ids})
     else:
@@ -151,7 +162,7 @@ def load_dsb2018_96(root=None, splits: Sequence[str] = ('train', 'val', 'test'),
                                    (y, folder / 'masks' / '0' / f'{k}.png', _binary)):
                     a = fn(_open(p))
                     if a.shape[1:] != (DSB_SIZE, DSB_SIZE):
-                        raise ValueError(f'{p} is {a.shape[2]}x{a.shape[1]}, expected {DSB_SIZE}x{DSB_SIZE} '
+                        raise DataError(f'{p} is {a.shape[2]}x{a.shape[1]}, expected {DSB_SIZE}x{DSB_SIZE} '
                                          f'(dsb2018-96 is the resized copy)')
                     arr[i] = a
             out[s] = Split(torch.from_numpy(x), torch.from_numpy(y), meta={'ids': list(ids)})

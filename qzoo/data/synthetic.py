@@ -86,8 +86,8 @@ def load_synthetic(root=None, splits: Sequence[str] = ('train', 'val', 'test'), 
     if dim < (2 if kind in ('interaction', 'spheres') else 1):
         raise ValueError(f'dim must be >= 2 for {kind!r}, got {dim}')
     noise = dnoise if noise is None else float(noise)
-    if not noise >= 0:
-        raise ValueError(f'noise must be >= 0, got {noise}')
+    if not 0 <= noise < float('inf'):
+        raise ValueError(f'noise must be a finite number >= 0, got {noise}')
     sizes = dict(train=n_train, val=n_val, test=n_test)
     for s, v in sizes.items():
         if int(v) < 0:
