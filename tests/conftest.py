@@ -19,3 +19,17 @@ def need_shared(*parts):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def ck_copy(tmp_path, monkeypatch):
+    """The published checkpoints copied and pointed at by $QZOO_CHECKPOINTS, so that a test can damage files
+    without touching the checkout."""
+    import shutil
+    from qzoo import weights
+    ck = tmp_path / 'ck'
+    shutil.copytree(ROOT / 'qzoo' / 'checkpoints', ck)
+    monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(ck))
+    weights.clear_cache()
+    yield ck
+    weights.clear_cache()

@@ -88,16 +88,6 @@ def test_pretrained_with_new_head_adapts():
     assert torch.equal(m.features[0][0].conv_r.weight, ref.features[0][0].conv_r.weight)
 
 
-@pytest.fixture
-def ck_copy(tmp_path, monkeypatch):
-    """The checkpoints copied (QZOO_CHECKPOINTS) so files can be damaged without touching the checkout."""
-    ck = tmp_path / 'ck'
-    shutil.copytree(CK, ck)
-    monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(ck))
-    weights.clear_cache()
-    yield ck
-    weights.clear_cache()
-
 
 def test_damaged_published_file_is_refused(ck_copy):
     name = sorted(RECORDS)[0]

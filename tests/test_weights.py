@@ -26,15 +26,6 @@ def _python(code, env=None, cwd=None):
                           text=True, timeout=600)
 
 
-@pytest.fixture
-def ck_copy(tmp_path, monkeypatch):
-    ck = tmp_path / 'ck'
-    shutil.copytree(CK, ck)
-    monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(ck))
-    weights.clear_cache()
-    yield ck
-    weights.clear_cache()
-
 
 @pytest.mark.parametrize('damage', ['stray byte', 'entry without architecture', 'entry without sha256',
                                     'empty sha256'])
