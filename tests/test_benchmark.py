@@ -1,16 +1,20 @@
-"""eval/benchmark.py: the CLI runs on CPU on tiny settings and writes the documented CSV
-columns with positive numbers; the on-device CIFAR augmentation is the crop/flip it claims.
-(Speed targets live in the benchmark's output, not in timed tests.)"""
+"""eval/benchmark.py: every mode runs on the CPU on tiny settings and writes its documented
+CSV columns and rows; variants are measured interleaved; the CIFAR training mode is fed by
+qzoo.data.BatchLoader itself; the GPU suite (--smoke on the CPU) writes one CSV per step and
+refuses to run without CUDA otherwise. No test depends on how fast anything is."""
 import csv
 import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import qzoo
-from qzoo.layers import QuadraticLayer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +27,9 @@ def _load():
 
 
 bench = _load()
-TINY = ['--device', 'cpu', '--batch-size', '2', '--min-time', '0.01', '--repeats', '1', '--warmup', '1']
+TINY = ['--device', 'cpu', '--threads', '1', '--batch-size', '2', '--min-time', '0.005', '--rounds', '2',
+        '--warmup', '1']
+CIFAR_TINY = ['--cifar-split', 'test', '--cifar-size', '16', '--batch-size', '8']
 
 
 def _read(path):
@@ -32,97 +38,242 @@ def _read(path):
         return reader.fieldnames, list(reader)
 
 
-def test_model_mode_writes_timm_and_qzoo_columns(tmp_path):
+def _has(mod):
+    return importlib.util.find_spec(mod) is not None
+
+
+def test_models_mode_rows_runtimes_and_ratios(tmp_path):
+    runtimes = ['eager', 'compiled'] + (['onnxruntime'] if _has('onnxruntime') and _has('onnxscript') else [])
     out = tmp_path / 'models.csv'
-    bench.main(TINY + ['--models', 'resnet8', 'qresnet8', '--path', 'both', '--img-size', '16',
-                       '--latency-calls', '2', '--results-file', str(out)])
+    assert bench.main(TINY + ['--models', 'resnet8', 'qmlp', '--runtimes', *runtimes, '--compile-backend', 'eager',
+                              '--results-file', str(out)]) == 0
+    header, rows = _read(out)
+    assert header == bench.MODEL_COLUMNS and header[:11] == bench.TIMM_COLUMNS
+    assert [(r['model'], r['runtime']) for r in rows] == [(m, rt) for m in ('resnet8', 'qmlp') for rt in runtimes]
+    for r in rows:
+        model = qzoo.create_model(r['model'])
+        shape = (1, 3, 32, 32) if r['model'] == 'resnet8' else (1, 2)  # qmlp takes (N, features)
+        assert int(r['params']) == qzoo.count_params(model) and int(r['macs']) == qzoo.count_macs(model, shape)
+        assert r['neuron'] == ('linear' if r['model'] == 'resnet8' else 'fan')
+        assert r['rounds'] == '2' and r['device'] == 'cpu' and r['dtype'] == 'float32' and r['threads'] == '1'
+        assert r['compiled'] == str(r['runtime'] == 'compiled') and r['infer_peak_mem_mb'] == ''
+        for col in ['infer_latency_ms', 'infer_samples_per_sec', 'infer_step_time', 'infer_latency_ratio',
+                    'infer_latency_vs_eager', 'infer_throughput_vs_eager']:
+            assert float(r[col]) > 0, (col, r)
+        assert int(r['infer_batch_size']) == 2
+        if r['runtime'] == 'eager':
+            assert float(r['infer_latency_vs_eager']) == 1.0 and float(r['train_throughput_vs_eager']) == 1.0
+        if r['model'] == 'resnet8':
+            assert float(r['infer_latency_ratio']) == 1.0  # the first model is each runtime's reference
+        if r['runtime'] == 'onnxruntime':
+            assert r['train_samples_per_sec'] == '' and 'no training step' in r['note'] and r['onnxruntime']
+        else:
+            assert float(r['train_samples_per_sec']) > 0 and int(r['train_batch_size']) == 2
+
+
+def test_interleaved_shuffles_every_round_and_times_every_variant():
+    calls, rounds_seen = [], []
+    fns = {k: (lambda k=k: calls.append((len(rounds_seen), k))) for k in 'abcd'}
+    times = bench.interleaved(fns, rounds=6, min_time=1e-4, seed=0, device=torch.device('cpu'),
+                              on_round=lambda t: rounds_seen.append({k: len(v) for k, v in t.items()}))
+    assert rounds_seen == [{k: i for k in 'abcd'} for i in range(1, 7)]
+    assert all(len(v) == 6 and all(s > 0 for s in v) for v in times.values())
+    per_round = [[k for j, (r, k) in enumerate(calls) if r == i and (j == 0 or calls[j - 1] != (r, k))]
+                 for i in range(6)]
+    assert all(sorted(r) == list('abcd') for r in per_round), per_round  # each variant once, in one block
+    assert len({tuple(r) for r in per_round}) > 1  # the order changes between rounds
+
+
+def test_ratio_is_the_median_of_per_round_ratios():
+    # a load spike in rounds 2 and 3 hits both variants of that round: the ratio stays 2
+    fast, slow = [1.0, 9.0, 5.0, 1.0, 1.1], [2.0, 18.0, 10.0, 2.0, 2.2]
+    assert bench.median_ratio(slow, fast) == pytest.approx(2.0)
+
+
+def test_ratio_references():
+    parse = bench.get_parser().parse_args
+    args = parse(['--models', 'wdcnn', 'qcnn', 'resnet20', 'qresnet20', 'mlp',
+                  '--ratio-to', 'qcnn=wdcnn', 'qresnet20=resnet20'])
+    assert bench.ratio_refs(args) == {'wdcnn': 'wdcnn', 'qcnn': 'wdcnn', 'resnet20': 'resnet20',
+                                      'qresnet20': 'resnet20', 'mlp': 'wdcnn'}
+    assert bench.ratio_refs(parse(['--models', 'a', 'b'])) == {'a': 'a', 'b': 'a'}
+    with pytest.raises(SystemExit, match='MODEL=REFERENCE'):
+        bench.ratio_refs(parse(['--models', 'a', 'b', '--ratio-to', 'b=c']))
+
+
+def test_runtime_and_size_errors(tmp_path):
+    with pytest.raises(SystemExit, match='drop --amp'):
+        bench.main(TINY + ['--runtimes', 'onnxruntime', '--amp', 'bf16', '--results-file', str(tmp_path / 'x.csv')])
+    with pytest.raises(SystemExit, match='--img-size applies to image models'):
+        bench.main(TINY + ['--models', 'qcnn', '--img-size', '16', '--results-file', str(tmp_path / 'x.csv')])
+    with pytest.raises(SystemExit, match='key=value'):
+        bench.parse_model_args(['width'])
+    assert bench.parse_model_args(['neuron=qres', 'width=12', 'widths=[8,16,32]']) == \
+        {'neuron': 'qres', 'width': 12, 'widths': [8, 16, 32]}
+
+
+def test_cifar_train_rows_through_the_training_loader(tmp_path):
+    out = tmp_path / 'cifar.csv'
+    bench.main(TINY + CIFAR_TINY + ['--cifar-train', '--models', 'resnet8', 'qresnet8', '--amp', 'bf16',
+                                    '--channels-last', '--results-file', str(out)])
     header, rows = _read(out)
     assert header == bench.MODEL_COLUMNS
-    for col in ['model', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer_img_size',
-                'infer_gmacs', 'param_count', 'train_samples_per_sec', 'train_step_time', 'train_batch_size',
-                'train_img_size', 'device', 'torch', 'neuron', 'path', 'compiled', 'dtype', 'channels_last', 'date']:
-        assert col in header
-    assert [(r['model'], r['path'], r['neuron']) for r in rows] == [
-        ('resnet8', '-', 'linear'), ('qresnet8', 'fused', 'fan'), ('qresnet8', 'reference', 'fan')]
+    assert [(r['model'], r['bench'], r['runtime']) for r in rows] == [
+        ('resnet8', 'cifar-train', 'eager'), ('qresnet8', 'cifar-train', 'eager')]
     for r in rows:
-        for col in ['infer_samples_per_sec', 'infer_step_time', 'train_samples_per_sec', 'train_step_time',
-                    'infer_latency_ms', 'infer_gmacs', 'param_count']:
-            assert float(r[col]) > 0, (col, r)
-        assert r['device'] == 'cpu' and r['torch'] == torch.__version__ and r['dtype'] == 'float32'
-        assert int(r['infer_batch_size']) == 2 and int(r['train_img_size']) == 16
-        assert r['infer_peak_mem_mb'] == ''  # not measured on CPU
-        model = qzoo.create_model(r['model'])
-        assert int(r['params']) == qzoo.count_params(model)
-        assert int(r['macs']) == qzoo.count_macs(model, (1, 3, 16, 16))
+        assert float(r['train_samples_per_sec']) > 0 and r['infer_samples_per_sec'] == ''
+        assert r['train_batch_size'] == '8' and r['dtype'] == 'bf16-amp' and r['channels_last'] == 'True'
+        assert 'qzoo.data.BatchLoader' in r['note'] and 'crop4-flip' in r['note'] and 'test split (16' in r['note']
+
+
+def test_cifar_train_falls_back_to_the_shipped_test_split(tmp_path, monkeypatch):
+    monkeypatch.setenv('QZOO_DATA', str(tmp_path))  # no full cifar10-jpeg75 file there
+    logged = []
+    args = bench.get_parser().parse_args(['--cifar-split', 'train', '--cifar-size', '16', '--batch-size', '8'])
+    make, note = bench.cifar_batches(args, torch.device('cpu'), logged.append)
+    assert 'cifar10-jpeg75 test split (16 images)' in note and 'shipped test split' in logged[0]
+    x, y = make(8)()
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (8,)
+
+
+def test_cifar_batches_are_the_batchloaders(tmp_path):
+    """The benchmark's batches are BatchLoader's, epoch after epoch (set_epoch on wrap-around)."""
+    from qzoo.data import BatchLoader, Split, load_dataset
+    args = bench.get_parser().parse_args(CIFAR_TINY + ['--seed', '3'])
+    make, _ = bench.cifar_batches(args, torch.device('cpu'), print)
+    next_batch = make(8)
+    ds = load_dataset('cifar10-jpeg75', splits=('test',))
+    split = Split(ds.test.x[:16], ds.test.y[:16])
+    loader = BatchLoader(split, 8, shuffle=True, seed=3, augment='crop4-flip', normalize=ds.normalize, drop_last=True)
+    want = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        want += list(loader)
+    for x_want, y_want in want:
+        x, y = next_batch()
+        torch.testing.assert_close(x, x_want, rtol=0, atol=0)
+        assert torch.equal(y, y_want)
 
 
 def test_layer_bench_rows(tmp_path):
     out = tmp_path / 'layers.csv'
-    bench.main(TINY + ['--layer-bench', '--layers', 'stem', '64-64', '--rounds', '1', '--results-file', str(out)])
+    bench.main(TINY + ['--layer-bench', '--layers', 'stem', '64-64', '--results-file', str(out)])
     header, rows = _read(out)
     assert header == bench.LAYER_COLUMNS
-    assert [r['layer'] for r in rows] == ['stem', '64-64']
+    assert [r['layer'] for r in rows] == ['stem', '64-64'] and [r['rounds'] for r in rows] == ['2', '2']
     assert rows[0]['input_grad'] == 'False' and rows[1]['input_grad'] == 'True'
     for r in rows:
-        for col in ['conv_ms', 'fused_ms', 'reference_ms', 'stacked_ms', 'fused_x', 'reference_x', 'stacked_x']:
-            assert float(r[col]) > 0
+        assert all(float(r[c]) > 0 for c in ('conv_ms', 'quad_ms', 'quad_x')) and r['neuron'] == 'fan'
 
 
-def test_cifar_train_mode(tmp_path):
-    out = tmp_path / 'cifar.csv'
-    bench.main(TINY + ['--cifar-train', '--models', 'qresnet8', '--path', 'both', '--cifar-size', '16',
-                       '--amp', 'bf16', '--channels-last', '--results-file', str(out)])
-    _, rows = _read(out)
-    assert [(r['bench'], r['path']) for r in rows] == [('cifar-train', 'fused'), ('cifar-train', 'reference')]
-    for r in rows:
-        assert float(r['train_samples_per_sec']) > 0 and r['infer_samples_per_sec'] == ''
-        assert r['dtype'] == 'bf16-amp' and r['channels_last'] == 'True'
+def test_profile_rows(tmp_path):
+    out = tmp_path / 'profile.csv'
+    bench.main(TINY + CIFAR_TINY + ['--profile', '--models', 'resnet8', 'qresnet8', '--top', '5',
+                                    '--results-file', str(out)])
+    header, rows = _read(out)
+    assert header == bench.PROFILE_COLUMNS
+    for model in ('resnet8', 'qresnet8'):
+        mine = [r for r in rows if r['model'] == model]
+        assert [int(r['rank']) for r in mine] == [1, 2, 3, 4, 5]
+        times = [float(r['self_time_us']) for r in mine]
+        assert times == sorted(times, reverse=True) and times[-1] > 0
+        assert sum(float(r['share']) for r in mine) <= 1.0001 and mine[0]['activity'] == 'cpu'
+        assert any('conv' in r['kernel'] for r in mine)
 
 
-def test_crop_flip_is_a_padded_crop_and_mirror():
-    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
-    oy, ox = torch.tensor([0, 8, 3, 5]), torch.tensor([8, 0, 4, 1])
-    flip = torch.tensor([False, True, False, True])
-    got = bench.crop_flip(images, oy, ox, flip, pad=4)
-    padded = F.pad(images, (4, 4, 4, 4))
-    for i in range(4):
-        want = padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8]
-        torch.testing.assert_close(got[i], want.flip(-1) if flip[i] else want)
+def test_default_results_file_is_under_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bench.main(TINY + ['--layer-bench', '--layers', '64-64'])
+    assert (tmp_path / 'results' / 'benchmark-layers-cpu.csv').is_file()
 
 
-def test_device_cifar_batch_is_normalised_float():
-    data = bench.DeviceCifar(10, torch.device('cpu'), channels_last=True)
-    x, y = data.batch(6)
-    assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32
-    assert x.is_contiguous(memory_format=torch.channels_last)
-    assert y.shape == (6,) and int(y.min()) >= 0 and int(y.max()) < 10
-    assert x.min() >= -2.1 and x.max() <= 2.2  # (0..255 - mean) / std on CIFAR statistics
+def test_gpu_suite_smoke_writes_every_step(tmp_path):
+    out = tmp_path / 'suite'
+    assert bench.main(['--suite', 'gpu', '--smoke', '--budget-s', '900', '--results-dir', str(out)]) == 0
+    _, steps = _read(out / 'suite.csv')
+    assert [s['step'] for s in steps] == [name for name, _, _ in bench.SUITE]
+    assert all(s['status'] == 'ok' for s in steps), steps
+    for name, _, _ in bench.SUITE:
+        header, rows = _read(out / f'{name}.csv')
+        assert rows, name
+        if name.startswith('cifar_train'):
+            assert {r['model'] for r in rows} == {'resnet8', 'qresnet8'} and all(r['bench'] == 'cifar-train' for r in rows)
+            compiled = name in ('cifar_train_compiled', 'cifar_train_cudagraphs')
+            assert all(r['compiled'] == str(compiled) and r['runtime'] == ('compiled' if compiled else 'eager')
+                       for r in rows)
+            assert all(r['channels_last'] == str(not name.endswith('nchw')) for r in rows)
+    assert _read(out / 'profile_kernels.csv')[0] == bench.PROFILE_COLUMNS
+    env = json.loads((out / 'env.json').read_text())
+    assert env['smoke'] is True and env['torch'] == torch.__version__ and env['budget_s'] == 900
 
 
-@pytest.mark.parametrize('path', ['fused', 'reference'])
-def test_build_sets_the_path(path):
-    model = bench.build('qresnet8', {}, torch.device('cpu'), False, path)
-    layers = [m for m in model.modules() if isinstance(m, QuadraticLayer)]
-    assert layers and all(m.fused == (path == 'fused') for m in layers)
-    assert bench.paths_for(model, 'both') == ['fused', 'reference']
-    assert bench.paths_for(qzoo.create_model('resnet8'), 'both') == ['-']
+def test_gpu_suite_full_arguments():
+    """Without --smoke every step runs on CUDA in bf16 with the CIFAR models of gpu_bench.sh."""
+    parse = bench.get_parser().parse_args
+    steps = {name: parse(bench.suite_argv(a, False, Path('x.csv'))) for name, _, a in bench.SUITE}
+    for name, args in steps.items():
+        assert args.device == 'cuda' and args.amp == 'bf16' and args.results_file == 'x.csv', name
+        assert args.rounds == 3 and args.warmup == 10
+    assert steps['cifar_train_eager'].models == ['resnet20', 'resnet56', 'qresnet20']
+    assert steps['cifar_train_eager'].cifar_train and steps['cifar_train_eager'].channels_last
+    assert not steps['cifar_train_eager_nchw'].channels_last
+    assert steps['cifar_train_compiled'].runtimes == ['compiled'] and steps['cifar_train_compiled'].compile_mode is None
+    assert steps['cifar_train_cudagraphs'].compile_mode == 'reduce-overhead'
+    assert steps['profile_kernels'].profile and steps['profile_kernels'].models == ['resnet20', 'qresnet20']
+    assert steps['layers'].layer_bench and steps['layers'].batch_size == 512 and steps['models'].batch_size == 512
 
 
-def test_model_args_parse():
-    assert bench.parse_model_args(['neuron=qres', 'width=12', 'widths=[8,16,32]']) == \
-        {'neuron': 'qres', 'width': 12, 'widths': [8, 16, 32]}
-    with pytest.raises(SystemExit):
-        bench.parse_model_args(['width'])
+def test_step_timeout_keeps_the_later_steps_shares():
+    shares = [share for _, share, _ in bench.SUITE]
+    assert sum(shares) == pytest.approx(1.0)
+    budget = 1000.0
+    # on schedule: each step gets its own share
+    assert bench.step_timeout(0, budget, budget, 0) == pytest.approx(shares[0] * budget)
+    # time saved by earlier steps goes to the next step, the later steps keep theirs
+    later = sum(shares[3:]) * budget
+    assert bench.step_timeout(2, budget, 900.0, 10.0) == pytest.approx(900.0 - 10.0 - later)
+    # never more than what is left
+    assert bench.step_timeout(6, budget, 50.0, 10.0) == pytest.approx(40.0)
 
 
-def test_latency_bench_interleaved(tmp_path):
-    out = tmp_path / 'latency.csv'
-    bench.main(TINY[:2] + ['--latency-bench', '--models', 'resnet8', 'qresnet8', '--path', 'both', '--rounds', '2',
-                           '--min-time', '0.01', '--warmup', '1', '--results-file', str(out)])
-    _, rows = _read(out)
-    assert [(r['model'], r['path'], r['bench']) for r in rows] == [
-        ('resnet8', '-', 'latency'), ('qresnet8', 'fused', 'latency'), ('qresnet8', 'reference', 'latency')]
-    assert float(rows[0]['infer_latency_ratio']) == 1.0
-    for r in rows:
-        assert int(r['infer_batch_size']) == 1 and float(r['infer_latency_ms']) > 0
-        assert float(r['infer_latency_ratio']) > 0
+def test_deadline_interrupts_code_that_swallows_exceptions():
+    with pytest.raises(bench.StepTimeout):
+        with bench.deadline(0.05):
+            while True:
+                try:
+                    sum(range(1000))
+                except Exception:  # library code like this must not swallow the deadline
+                    pass
+
+
+def test_run_step_reports_timeout_and_failure(tmp_path, monkeypatch):
+    def forever(argv, log=None):
+        while True:
+            pass
+    monkeypatch.setattr(bench, 'main', forever)
+    status, detail = bench.run_step('spin', [], 0.05, tmp_path, print)
+    assert status == 'timeout' and 'kept' in detail
+
+    def broken(argv, log=None):
+        raise RuntimeError('boom')
+    monkeypatch.setattr(bench, 'main', broken)
+    status, detail = bench.run_step('bad', [], 5.0, tmp_path, print)
+    assert status == 'failed' and 'boom' in detail and 'Traceback' in (tmp_path / 'bad.error.txt').read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal on a machine without CUDA')
+def test_gpu_suite_without_cuda_says_so_and_exits_nonzero(tmp_path):
+    out = tmp_path / 'gpu'
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'eval' / 'benchmark.py'), '--suite', 'gpu', '--budget-s', '60',
+                             '--results-dir', str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert 'needs CUDA' in err and '--smoke' in err
+    assert not out.exists() and not (tmp_path / 'results').exists()
