@@ -489,25 +489,16 @@ def convert_state_dict(obj: Mapping[str, Any], layout: str) -> Tuple[Dict[str, t
 
 
 def _check_fits(entry: ExternalCheckpoint, path: Path, model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
-    want = model.state_dict()
-    missing = [k for k in want if k not in sd]
-    unexpected = [k for k in sd if k not in want]
-    shapes = [f'{k}: file {tuple(sd[k].shape)}, model {tuple(want[k].shape)}' for k in want
-              if k in sd and tuple(getattr(sd[k], 'shape', ())) != tuple(want[k].shape)]
-    if not (missing or unexpected or shapes):
-        return
-
-    def show(xs):
-        return ', '.join(xs[:8]) + (f', ... ({len(xs)} in all)' if len(xs) > 8 else '')
-    found = '; '.join(f'{label} ({len(xs)}): {show(xs)}' for label, xs in
-                      (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches', shapes))
-                      if xs)
-    raise ExternalLayoutError(
-        f'{entry.name}: the state dict in {path} does not fit qzoo {entry.architecture} (model_args '
-        f'{dict(entry.model_args)}) after converting the {entry.layout!r} key layout. Expected '
-        f'{len(want)} state entries of that architecture; found {found}. Fix: if the file is not the published '
-        f'{entry.url}, delete it (rm {path!s}) and download again; otherwise the registry entry '
-        f'(architecture/model_args/layout) or the key conversion in qzoo/external.py is wrong.')
+    from .errors import CheckpointError
+    from .serialization import check_fits
+    try:
+        check_fits(model, sd, str(path), f'qzoo {entry.architecture} (model_args {dict(entry.model_args)}) after '
+                                         f'converting the {entry.layout!r} key layout',
+                   fix=f'if the file is not the published {entry.url}, delete it (rm {path!s}) and download again; '
+                       f'otherwise the registry entry (architecture/model_args/layout) or the key conversion in '
+                       f'qzoo/external.py is wrong')
+    except CheckpointError as e:
+        raise ExternalLayoutError(f'{entry.name}: {e}') from None
 
 
 def _resolve(dotted: str):

@@ -133,7 +133,11 @@ def _few(xs) -> str:
     return ', '.join(xs[:4]) + (f' (+{len(xs) - 4} more)' if len(xs) > 4 else '')
 
 
-def check_fits(model: nn.Module, found: Mapping[str, Any], file: str, arch: str) -> None:
+_FIT_FIX = ('create the architecture and arguments the checkpoint was saved with (its config.json: '
+            'architecture, model_args, num_classes), or pass num_classes/in_chans to let timm adapt the head/stem')
+
+
+def check_fits(model: nn.Module, found: Mapping[str, Any], file: str, arch: str, fix: str = _FIT_FIX) -> None:
     """Raise :class:`CheckpointError` unless ``found`` (a state dict, or :func:`read_header`'s
     ``{name: (shape, dtype)}``) has exactly ``model``'s keys and shapes, floating tensors where the
     model has floating ones and integer tensors where it has integer ones."""
@@ -157,10 +161,8 @@ def check_fits(model: nn.Module, found: Mapping[str, Any], file: str, arch: str)
                  f'unexpected {len(unexpected)} keys: {_few(unexpected)}' if unexpected else '',
                  f'shape mismatches: {_few(shapes)}' if shapes else '',
                  f'dtype mismatches: {_few(dtypes)}' if dtypes else '']
-        raise CheckpointError(
-            f'the weights in {file} do not fit {arch}: ' + '; '.join(p for p in parts if p) +
-            '. Fix: create the architecture and arguments the checkpoint was saved with (its config.json: '
-            'architecture, model_args, num_classes), or pass num_classes/in_chans to let timm adapt the head/stem')
+        raise CheckpointError(f'the weights in {file} do not fit {arch} ({len(own)} state entries): '
+                              + '; '.join(p for p in parts if p) + f'. Fix: {fix}')
 
 
 # ---- where weights come from: a folder, a Hugging Face repo, a URL --------------------------------
