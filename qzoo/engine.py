@@ -1,4 +1,5 @@
-"""The training engine behind ``recipes/train.py``: one loop for every zoo model.
+"""The training engine behind ``qzoo train`` (:func:`main`; ``recipes/train.py`` in a checkout): one loop for
+every zoo model.
 
 :func:`train` runs a :class:`~qzoo.recipe.Recipe` into a run folder: it trains with ReLinear
 parameter groups, selects the published weights on the *validation* split (or takes the last
@@ -21,11 +22,13 @@ On resume the log is cut back to the checkpoint's epoch.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import pickle
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +43,11 @@ except ImportError:  # not POSIX: run folders are not locked
     fcntl = None
 
 from . import __version__
-from .errors import CheckpointError, CheckpointWriteError, RecipeError, RunDirError, TrainingDiverged
+from .errors import CheckpointError, CheckpointWriteError, DataError, RecipeError, RunDirError, TrainingDiverged
 from .fileio import atomic_open, atomic_write_json, atomic_write_text
 from .measure import count_macs, count_params
 from .metrics import Metrics, autocast, evaluate, loss_fn
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, load_recipe, recipe_help
 from .relinear import param_groups
 
 __all__ = ['train', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged', 'CheckpointWriteError', 'CheckpointError',
@@ -614,3 +617,59 @@ def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = Fals
         if bar is not None:
             bar.close()
         return _finish(s, run, p, smoke, recipe_path)
+
+
+# ---- the command line ------------------------------------------------------------------------
+TRAIN_HELP = """Train a zoo model from a recipe.
+
+    qzoo train --config recipes/cwru/qcnn-w16.yaml [key=value ...]
+    qzoo train --config recipes/cwru/qcnn-w16.yaml --resume       # continue runs/<name>-s<seed> exactly
+    qzoo train --config recipes/cwru/qcnn-w16.yaml --smoke        # tiny slice, 1 epoch, CPU: seconds
+    qzoo train --config recipes/cifar10-jpeg75/qresnet20-w16.yaml epochs=5 model_args.width=8 seed=1
+    torchrun --nproc_per_node=2 --no-python qzoo train --config recipes/synthetic/circles-d2.yaml   # DDP (gloo on CPU)
+
+(``python recipes/train.py ...`` in a checkout is the same command; ``torchrun ... recipes/train.py ...`` too.)
+Overrides use dotted keys (``model_args.width=8 smoke.epochs=2``); values are YAML. Outputs
+(see qzoo.engine): model.safetensors, config.json, README.md, results.json, recipe.yaml,
+log.jsonl and the resume state last.ckpt in --out (default runs/<name>-s<seed>, or
+runs/<name>-s<seed>-smoke). A bad recipe, a run folder in use or unwritable, a damaged
+checkpoint or a diverged run print ``error: ...`` and exit with status 2; Ctrl-C exits with 130
+(``--resume`` continues from the last finished epoch).
+"""
+
+#: what a run reports as ``error: ...`` (exit 2) rather than a traceback: the documented types
+CLI_ERRORS = (RecipeError, DataError, RunDirError, CheckpointWriteError, CheckpointError, TrainingDiverged,
+              FileNotFoundError, ValueError, TypeError)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='recipe keys:\n' + recipe_help())
+    ap.add_argument('--config', required=True, help='recipe YAML (recipes/<task>/<model>.yaml)')
+    ap.add_argument('--out', help='output folder (default runs/<name>-s<seed>)')
+    ap.add_argument('--resume', action='store_true', help='continue from <out>/last.ckpt')
+    ap.add_argument('--smoke', action='store_true', help='tiny slice, 1 epoch, on CPU')
+    ap.add_argument('--no-progress', action='store_true')
+    ap.add_argument('overrides', nargs='*', help='key=value recipe overrides')
+    return ap
+
+
+def main(argv=None) -> int:
+    """``qzoo train``: train the recipe of ``argv`` (see :data:`TRAIN_HELP`); returns the exit status and prints
+    the run's summary as one JSON line."""
+    args = _train_parser().parse_args(argv)
+    try:
+        recipe = load_recipe(args.config, args.overrides)
+        out = args.out or f'runs/{recipe.name}-s{recipe.seed}' + ('-smoke' if args.smoke else '')
+        res = train(recipe, out, resume=args.resume, smoke=args.smoke, recipe_path=args.config,
+                    progress=not args.no_progress)
+    except CLI_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted: --resume continues from the last finished epoch', file=sys.stderr)
+        return 130
+    if res:
+        print(json.dumps({k: res[k] for k in ('model', 'dataset', 'params', 'macs', 'val', 'test', 'selected_epoch',
+                                              'wall_time_s')}))
+    return 0

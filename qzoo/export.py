@@ -18,11 +18,15 @@ ONNX goes through the exporter torch recommends, ``torch.onnx.export(..., dynamo
 output, named ``input_name`` / ``output_name``, whose first axis is named ``batch`` when
 ``dynamic_batch`` is set. ``onnx``, ``onnxscript`` and ``onnxruntime`` are optional
 dependencies (``pip install 'qzoo[export]'``), imported only when a function needs them.
+
+From the command line, :func:`main` is ``qzoo export NAME OUT.onnx [--pretrained] [--check]``.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
@@ -32,7 +36,7 @@ from torch import Tensor, nn
 from .fileio import atomic_write_bytes
 
 __all__ = ['example_input_shape', 'export_program', 'export_onnx', 'onnxruntime_session',
-           'onnxruntime_max_abs_diff']
+           'onnxruntime_max_abs_diff', 'main']
 
 PathLike = Union[str, os.PathLike]
 #: the largest protobuf a single ONNX file can hold; bigger models keep their weights beside it
@@ -211,3 +215,75 @@ def onnxruntime_max_abs_diff(model: nn.Module, path: PathLike,
                                  f'{tuple(x.shape)}; PyTorch returns {tuple(want.shape)}')
             worst = max(worst, float((got - want).abs().max()))
     return worst
+
+
+# ---- the command line ------------------------------------------------------------------------
+EXPORT_HELP = """Export a qzoo model as an ONNX file (checked by onnx.checker), optionally compared with PyTorch on
+onnxruntime.
+
+    qzoo export qcnn qcnn.onnx --pretrained --check          # the default published weights of qcnn
+    qzoo export qcnn_w8.cwru-clean-s1 qcnn_w8.onnx           # published weights by name (implies --pretrained)
+    qzoo export qresnet20 qresnet20.onnx --input-shape 1 3 64 64 --static-batch
+
+NAME is an architecture (qzoo list), published weights <architecture>.<tag> (qzoo list --pretrained), or a
+timm source (hf-hub:org/name, local-dir:FOLDER). --check runs the file on onnxruntime (CPU) at batch sizes 1
+and 3 and fails (exit 1) when max |onnxruntime - PyTorch| > --rtol * max(1, max |PyTorch|). Needs the optional
+packages of pip install 'qzoo[export]'.
+"""
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('name', help='architecture, <architecture>.<tag>, hf-hub:org/name or local-dir:FOLDER')
+    ap.add_argument('out', help='the ONNX file to write (parent folders are created)')
+    ap.add_argument('--pretrained', action='store_true',
+                    help="load published weights (the architecture's default; implied by <architecture>.<tag>)")
+    ap.add_argument('--check', action='store_true', help='compare onnxruntime with PyTorch (see above)')
+    ap.add_argument('--rtol', type=float, default=1e-4, help='--check: tolerance relative to the output scale')
+    ap.add_argument('--input-shape', type=int, nargs='+', metavar='N',
+                    help="the example input, batch first (default: the model's input_size)")
+    ap.add_argument('--static-batch', action='store_true', help='a fixed batch size instead of a dynamic one')
+    ap.add_argument('--opset', type=int, default=None, help="ONNX opset (default: torch's recommended one)")
+    return ap
+
+
+def _check_parity(model: nn.Module, path: Path, input_shape, dynamic: bool, rtol: float) -> bool:
+    """Print max |onnxruntime - PyTorch| over random inputs (batch 1 and 3, or ``input_shape``); whether it is
+    within ``rtol * max(1, max |PyTorch|)``."""
+    g = torch.Generator().manual_seed(0)
+    if input_shape:
+        shapes = [tuple(input_shape)] + ([(3,) + tuple(input_shape[1:])] if dynamic else [])
+    else:
+        shapes = [example_input_shape(model, n) for n in (1, 3)]
+    inputs = [torch.randn(shape, generator=g) for shape in shapes]
+    with _EvalMode(model), torch.no_grad():
+        scale = max(float(model(x).abs().max()) for x in inputs)
+    diff = onnxruntime_max_abs_diff(model, path, inputs)
+    ok = diff <= rtol * max(1.0, scale)
+    print(f'onnxruntime vs PyTorch: max |diff| {diff:.3g} (output scale {scale:.3g}, inputs '
+          f'{", ".join(str(s) for s in shapes)}): {"ok" if ok else f"ABOVE the tolerance {rtol:g} x max(1, scale)"}')
+    return ok
+
+
+def main(argv=None) -> int:
+    """``qzoo export`` (see :data:`EXPORT_HELP`); returns the exit status."""
+    from .errors import CheckpointError
+    from .registry import create_model
+    a = _export_parser().parse_args(argv)
+    pretrained = a.pretrained or a.name.startswith(('hf-hub:', 'local-dir:')) or '.' in a.name.split(':')[-1]
+    try:
+        model = create_model(a.name, pretrained=pretrained).eval()
+        shape = a.input_shape or (example_input_shape(model, 1) if a.static_batch else None)
+        path = export_onnx(model, a.out, input_shape=shape, dynamic_batch=not a.static_batch, opset_version=a.opset)
+        print(f'wrote {path} ({a.name}{", pretrained" if pretrained else ", random weights"}; '
+              f'{path.stat().st_size / 1e3:.0f} kB; checked by onnx.checker)')
+        if a.check and not _check_parity(model, path, shape, not a.static_batch, a.rtol):
+            return 1
+    except (ValueError, TypeError, CheckpointError, FileNotFoundError, ImportError, IsADirectoryError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

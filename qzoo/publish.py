@@ -18,11 +18,13 @@ seed with the median validation metric, so the default is a typical run, not the
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
 import shutil
 import statistics
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -329,3 +331,120 @@ def publish(run_dir, experiment: str, dtype: str = 'auto') -> Weights:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return all_weights()[w.name]
+
+
+# ---- the command line ------------------------------------------------------------------------
+PUBLISH_HELP = """Publish a training run as zoo weights: qzoo/checkpoints/<architecture>.<experiment>-s<seed>/, its
+record in the manifest, its card, and MODEL_CARDS.md. The architecture is the registered name that builds the run's
+model (e.g. a run of `qcnn` with width 8 is published as `qcnn_w8`); the seed comes from the run.
+
+    qzoo publish runs/cwru/qcnn-w8-cwru-snr-6db-s3 --experiment cwru-snr-6db [--dtype auto|float16|float32]
+    qzoo publish --set-default qcnn.cwru-snr-6db-s1 --reason "..."   # pin a default by hand
+    qzoo publish --refresh        # regenerate config.json, cards, defaults and MODEL_CARDS.md
+    qzoo publish --group cwru [--only-missing]    # publish again every run behind a group of the zoo's weights
+
+Each architecture's default weights follow qzoo.publish.choose_default unless pinned by hand. ``python
+recipes/publish.py ...`` in a checkout is the same command.
+
+--group names the runs behind qzoo/checkpoints (folders under <runs-root>/runs/, the checkout by default, where
+these training commands wrote them) and the experiment each is published under; it stops at the first run that
+cannot be published (the error names it):
+    synthetic  python recipes/synthetic/sweep.py --sizes 2 4 8 16 32 --seeds 0 1 2 3 4
+    cwru       qzoo launch recipes/cwru/[!_]*.yaml recipes/cwru/clean/*.yaml --grid seed=0,1,2,3,4 \\
+                   --runs-dir runs/cwru
+    dsb        qzoo launch recipes/dsb2018-96/[!_]*.yaml --runs-dir runs/dsb2018-96   (seed 0; b4 and b8 also
+                   --grid seed=1,2)
+    cifar      qzoo launch --preset conventional (an H100, --fit-in: 40 epochs), and the CPU run of
+                   recipes/cifar10-jpeg75/qresnet20-w8.yaml with epochs=40 into runs/cifar-cpu
+"""
+
+SYNTHETIC_TASKS = ('circles-d2', 'moons-d2', 'spheres-d10', 'spheres-d50', 'interaction-d2')
+
+
+def _synthetic_runs() -> List[Tuple[str, str]]:
+    return [(f'runs/synthetic/{task}/{m}-h{h}-s{s}', f'synthetic-{task}')
+            for task in SYNTHETIC_TASKS for m in ('mlp', 'qmlp') for h in (2, 4, 8, 16, 32) for s in range(5)]
+
+
+def _cwru_runs() -> List[Tuple[str, str]]:
+    return [(f'runs/cwru/{m}-w{w}-cwru-{cond}-s{s}', f'cwru-{cond}')
+            for cond in ('snr-6db', 'clean') for s in range(5)
+            for m, widths in (('wdcnn', (4, 8, 16)), ('qcnn', (8, 16, 32))) for w in widths]
+
+
+def _dsb_runs() -> List[Tuple[str, str]]:
+    return [(f'runs/dsb2018-96/{m}-b{w}-dsb2018-96-s{s}', 'dsb2018-96')
+            for w, seeds in ((4, range(3)), (8, range(3)), (16, range(1))) for m in ('unet', 'qunet') for s in seeds]
+
+
+def _cifar_runs() -> List[Tuple[str, str]]:
+    runs = [(f'runs/conventional/resnet{d}-cifar10-jpeg75-s0', 'cifar10-jpeg75-e40') for d in (20, 32, 44, 56)]
+    runs += [(f'runs/conventional/resnet20-w{w}-cifar10-jpeg75-s0', 'cifar10-jpeg75-e40') for w in (8, 12, 24)]
+    return runs + [('runs/cifar-cpu/qresnet20-w8-cifar10-jpeg75-s0', 'cifar10-jpeg75-e40-cpu')]
+
+
+#: the runs behind the published weights, by group: (run folder under the runs root, experiment)
+RUN_GROUPS = {'synthetic': _synthetic_runs, 'cwru': _cwru_runs, 'dsb': _dsb_runs, 'cifar': _cifar_runs}
+
+
+def _already_published(folder: Path, experiment: str) -> bool:
+    """Whether the run in ``folder`` is published under ``experiment`` (same seed, recipe and parameter count)."""
+    if not (folder / 'results.json').is_file():
+        return False
+    res = json.loads((folder / 'results.json').read_text())
+    return any(w.experiment == experiment and w.seed == res['seed'] and w.training.get('recipe') == res['recipe']
+               and w.params == res['params'] for w in all_weights().values())
+
+
+def publish_group(group: str, runs_root, only_missing: bool = False, say=print) -> List[Weights]:
+    """Publish every run of ``RUN_GROUPS[group]`` found under ``runs_root`` (``only_missing``: skip those already
+    published); stops at the first run that cannot be published. Returns the records."""
+    out = []
+    for run, experiment in RUN_GROUPS[group]():
+        folder = Path(runs_root) / run
+        if only_missing and _already_published(folder, experiment):
+            continue
+        w = publish(folder, experiment)
+        say(f'{run} -> {w.name}')
+        out.append(w)
+    return out
+
+
+def _publish_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=PUBLISH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('runs', nargs='*', help='run folders written by qzoo train')
+    ap.add_argument('--experiment', help='what the weights were trained on, without the seed (e.g. cwru-clean)')
+    ap.add_argument('--dtype', default='auto', choices=['auto', 'float16', 'float32'])
+    ap.add_argument('--set-default', metavar='NAME', help="pin published <architecture>.<tag> as its default")
+    ap.add_argument('--reason', help='why (printed on the card), with --set-default')
+    ap.add_argument('--refresh', action='store_true', help='regenerate every generated file from the records')
+    ap.add_argument('--group', choices=list(RUN_GROUPS), help='publish again every run of a group (see above)')
+    ap.add_argument('--only-missing', action='store_true', help='--group: skip runs already published')
+    ap.add_argument('--runs-root', default=None,
+                    help='--group: the folder that holds runs/ (default: the checkout, else the current directory)')
+    return ap
+
+
+def main(argv=None) -> int:
+    """``qzoo publish`` (see :data:`PUBLISH_HELP`); returns the exit status."""
+    from . import checkout
+    ap = _publish_parser()
+    a = ap.parse_args(argv)
+    try:
+        if a.set_default:
+            print(set_default(a.set_default, a.reason or '').name)
+        elif a.refresh:
+            print(f'{refresh()} checkpoints refreshed')
+        elif a.group:
+            publish_group(a.group, a.runs_root or checkout.root() or Path.cwd(), a.only_missing,
+                          lambda text: print(text, flush=True))
+        elif a.runs and a.experiment:
+            for run in a.runs:
+                print(json.dumps({'published': publish(run, a.experiment, a.dtype).name}), flush=True)
+        else:
+            ap.error('give run folders and --experiment, or --set-default NAME --reason ..., or --refresh, '
+                     'or --group NAME')
+    except (CheckpointError, RunDirError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0

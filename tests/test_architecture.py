@@ -12,7 +12,7 @@ PKG = ROOT / 'qzoo'
 
 #: each module's layer, lowest first; a module imports only lower layers (or its own package's siblings)
 LAYERS = [
-    ('errors', 'fileio', 'cards'),             # the documented exceptions, file helpers, card text
+    ('errors', 'fileio', 'cards', 'checkout'),  # the documented exceptions, file helpers, card text, the checkout
     ('neurons',),                              # the neuron math
     ('layers',),                               # quadratic layers on the neurons
     ('relinear', 'measure'),                   # optimizer groups and counts, on the layers
@@ -27,8 +27,9 @@ LAYERS = [
     ('recipe',),                               # the recipe schema
     ('engine',),                               # training
     ('stats', 'evaluation'),                   # evaluation and its uncertainty
-    ('efficiency', 'publish', 'export', 'benchmark', 'launch'),   # the zoo's jobs
-    ('cli',),                                  # the command line
+    ('efficiency', 'publish', 'export'),       # the zoo's jobs
+    ('benchmark', 'launch'),                   # the tools that measure (exported models too) and run them
+    ('cli',),                                  # the command line: list, info, cards
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -1,4 +1,4 @@
-"""eval/benchmark.py: every mode runs on the CPU on tiny settings and writes its documented
+"""qzoo bench (qzoo.benchmark): every mode runs on the CPU on tiny settings and writes its documented
 CSV columns and rows; variants are measured interleaved; the CIFAR training mode is fed by
 qzoo.data.BatchLoader itself; the GPU suite (--smoke on the CPU) writes one CSV per step and
 refuses to run without CUDA otherwise. No test depends on how fast anything is."""
@@ -15,18 +15,9 @@ import pytest
 import torch
 
 import qzoo
+import qzoo.benchmark as bench
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location('qzoo_benchmark', ROOT / 'eval' / 'benchmark.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load()
 TINY = ['--device', 'cpu', '--threads', '1', '--batch-size', '2', '--min-time', '0.005', '--rounds', '2',
         '--warmup', '1']
 CIFAR_TINY = ['--cifar-split', 'test', '--cifar-size', '16', '--batch-size', '8']

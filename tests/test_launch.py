@@ -1,4 +1,4 @@
-"""recipes/launch.py: side-by-side runs, the summary and packs, --fit-in's projection (on a fake clock),
+"""qzoo launch (qzoo.launch): side-by-side runs, the summary and packs, --fit-in's projection (on a fake clock),
 process groups killed on every exit path, and the presets end to end with --smoke."""
 import json
 import os
@@ -14,8 +14,7 @@ import pytest
 import procs
 from conftest import ROOT, SHARED, need_shared
 
-sys.path.insert(0, str(ROOT / 'recipes'))
-import launch  # noqa: E402
+from qzoo import launch
 
 CIRCLES, MOONS = str(ROOT / 'recipes/synthetic/circles-d2.yaml'), str(ROOT / 'recipes/synthetic/moons-d2.yaml')
 T0 = 1_000_000.0  # the fake clock's start
@@ -273,11 +272,11 @@ def test_a_failing_start_stops_the_runs_already_started(tmp_path):
 def test_runs_die_with_a_killed_launcher(tmp_path):
     pidfile = tmp_path / 'pids'
     run = 'import os, sys, time; open(sys.argv[1], "w").write(str(os.getpid())); time.sleep(600)'
-    parent = ('import sys, time; sys.path.insert(0, sys.argv[1]); import launch; from pathlib import Path; '
+    parent = ('import sys, time; sys.path.insert(0, sys.argv[1]); from qzoo import launch; from pathlib import Path; '
               f'launch.Child([sys.executable, "-c", {run!r}, sys.argv[2]], Path(sys.argv[3])); time.sleep(600)')
     seen = []
     try:
-        with procs.group([procs.PYTHON, '-c', parent, str(ROOT / 'recipes'), str(pidfile), str(tmp_path / 'out')],
+        with procs.group([procs.PYTHON, '-c', parent, str(ROOT), str(pidfile), str(tmp_path / 'out')],
                          env=procs.child_env()) as launcher:
             seen = _pids([pidfile])
             assert _alive(seen[0])
@@ -328,7 +327,7 @@ def _fake_benchmark(tmp_path, body):
                       'p.add_argument("--budget-s", type=float)\n'
                       'p.add_argument("--results-dir"); p.add_argument("--smoke", action="store_true")\n'
                       'a = p.parse_args()\n' + body)
-    return script
+    return [str(script)]
 
 
 def test_benchmark_results_are_packed_and_an_overrun_is_stopped(tmp_path, monkeypatch):
@@ -350,6 +349,49 @@ def test_benchmark_results_are_packed_and_an_overrun_is_stopped(tmp_path, monkey
         assert {'bench/gpu.csv', 'bench.log'} <= set(tar.getnames())
 
 
+def test_cuda_tests_run_in_the_checkout_into_the_session_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, '_cuda_available', lambda: True)
+    said = []
+    monkeypatch.setattr(launch, 'CUDA_TESTS', ['-c', 'import os; print("in", os.getcwd()); print("2 passed")'])
+    assert launch.run_cuda_tests(tmp_path, said.append, 60) == 0
+    assert f'  | in {ROOT}' in said and '  | 2 passed' in said and said[-1].startswith('CUDA tests: exit 0')
+    assert list(tmp_path.iterdir()) == []  # the output went into the log, no file is left
+    monkeypatch.setattr(launch, 'CUDA_TESTS', ['-c', 'print("1 failed"); raise SystemExit(1)'])
+    assert launch.run_cuda_tests(tmp_path, said.append, 60) == 1
+    assert said[-2:] == ['  | 1 failed', said[-1]] and 'FAILED' in said[-1]
+    monkeypatch.setattr(launch, 'CUDA_TESTS', ['-c', 'import time; time.sleep(600)'])
+    assert launch.run_cuda_tests(tmp_path, said.append, 0.5) == -signal.SIGKILL  # stopped at its limit
+    assert said[-1].startswith('CUDA tests: exit -9')
+
+
+def test_cuda_tests_say_why_they_are_skipped(tmp_path, monkeypatch):
+    said = []
+    monkeypatch.setattr(launch, '_cuda_available', lambda: False)
+    assert launch.run_cuda_tests(tmp_path, said.append) is None
+    assert said == ['CUDA tests skipped: CUDA is not available']
+    monkeypatch.setattr(launch, '_cuda_available', lambda: True)
+    monkeypatch.setattr(launch, 'checkout_root', lambda: None)  # an installed wheel: no tests/ to run
+    assert launch.run_cuda_tests(tmp_path, said.append) is None and 'checkout' in said[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_cuda_tests_exist_and_are_the_cuda_ones():
+    args = launch.CUDA_TESTS
+    assert args[:2] == ['-m', 'pytest'] and args[args.index('-k') + 1] == 'cuda'
+    files = [a for a in args if a.startswith('tests/')]
+    assert 'tests/test_layers.py' in files and all((ROOT / f).is_file() for f in files)
+
+
+def test_a_preset_outside_a_checkout_says_a_checkout_is_needed(tmp_path, monkeypatch, capsys):
+    from qzoo import checkout
+    monkeypatch.setattr(checkout, 'PACKAGE_PARENT', tmp_path)  # as if qzoo were installed from a wheel
+    monkeypatch.chdir(tmp_path)
+    assert launch.main(['--preset', 'quad-sweep', '--smoke', '--out', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err
+    assert 'needs a checkout of the qzoo repository' in err and 'recipes/cifar10-jpeg75' in err
+    assert not (tmp_path / 'out').exists()
+
+
 @pytest.mark.slow
 def test_a_two_stage_preset_chooses_on_validation_and_packs_a_device_call(tmp_path, monkeypatch):
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
@@ -358,6 +400,8 @@ def test_a_two_stage_preset_chooses_on_validation_and_packs_a_device_call(tmp_pa
     final = launch.Stage('final', (CIRCLES, MOONS), ('model=qmlp',))
     monkeypatch.setitem(launch.PRESETS, 'tiny-auto', launch.Preset(final, sweep, choice_from=CIRCLES))
     monkeypatch.setattr(launch, 'BENCHMARK', _fake_benchmark(tmp_path, 'print("smoke", a.smoke); sys.exit(3)\n'))
+    monkeypatch.setattr(launch, '_cuda_available', lambda: True)  # the CUDA tests' step, with a failing stand-in
+    monkeypatch.setattr(launch, 'CUDA_TESTS', ['-c', 'print("1 failed, 1 passed (stand-in)"); raise SystemExit(1)'])
     out = tmp_path / 'out'
     rc = launch.main(['--preset', 'tiny-auto', '--smoke', '--deadline-s', '600', '--bench-s', '30', '--out', str(out),
                       '--runs-dir', str(tmp_path / 'runs')])
@@ -368,6 +412,9 @@ def test_a_two_stage_preset_chooses_on_validation_and_packs_a_device_call(tmp_pa
         log = tar.extractfile('session.log').read().decode()
         choice = json.loads(tar.extractfile('choice.json').read())
     assert 'benchmark: exit 3' in log and 'FAILED' in log and 'smoke True' in log  # --smoke reaches the suite
+    # the CUDA tests ran after training and before the benchmark; their failure is reported, the call went on
+    assert log.index('stage final') < log.index('| 1 failed, 1 passed (stand-in)') < log.index('benchmark: ')
+    assert 'CUDA tests: exit 1' in log and 'failed: CUDA tests' in log
     sweep_runs = json.loads((tmp_path / 'runs' / 'sweep' / 'summary.json').read_text())['runs']
     best = max(sweep_runs, key=lambda r: r['val']['top1'])  # the first of equals, as the launcher
     assert choice == {'recipes/synthetic/circles-d2.yaml': dict(
@@ -394,7 +441,7 @@ def test_a_cifar_preset_runs_end_to_end_with_smoke(tmp_path, monkeypatch):
 
 
 def test_every_path_in_the_help_texts_exists():
-    for script in ('train.py', 'launch.py'):
-        text = (ROOT / 'recipes' / script).read_text()
+    from qzoo import engine
+    for name, text in (('qzoo train', engine.TRAIN_HELP), ('qzoo launch', launch.__doc__)):
         paths = set(re.findall(r'recipes/[\w./-]+\.yaml', text))
-        assert paths and [p for p in paths if not (ROOT / p).is_file()] == [], script
+        assert paths and [p for p in paths if not (ROOT / p).is_file()] == [], name

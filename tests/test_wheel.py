@@ -1,5 +1,7 @@
-"""A built wheel carries the published weights: installed into a fresh virtualenv (its dependencies taken from
-this environment, qzoo only from the wheel), it loads pretrained weights offline from another directory."""
+"""A built wheel carries the published weights and the ``qzoo`` command: installed into a fresh virtualenv (its
+dependencies taken from this environment, qzoo only from the wheel), it loads pretrained weights offline from
+another directory, its ``qzoo --help`` and ``qzoo list --pretrained`` work there, and a command that needs a
+checkout says so."""
 import os
 import subprocess
 import sys
@@ -22,6 +24,9 @@ def test_wheel_loads_pretrained_offline_outside_the_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert 'qzoo/checkpoints/manifest.json' in names
     assert 'qzoo/checkpoints/qcnn.cwru-snr-6db-s1/model.safetensors' in names
+    assert 'qzoo_cli.py' in names  # the entry point, outside the package
+    entry_points = next(n for n in names if n.endswith('.dist-info/entry_points.txt'))
+    assert 'qzoo = qzoo_cli:main' in zipfile.ZipFile(wheel).read(entry_points).decode()
 
     env_dir = tmp_path / 'venv'
     venv.create(env_dir, with_pip=False)
@@ -49,3 +54,25 @@ def test_wheel_loads_pretrained_offline_outside_the_checkout(tmp_path):
     ref = qzoo.create_model('qcnn', pretrained=True).state_dict()
     got = torch.load(elsewhere / 'sd.pt', weights_only=True)
     assert all(torch.equal(got[k], v) for k, v in ref.items())
+    _check_the_qzoo_command(py, site, elsewhere, env)
+
+
+def _check_the_qzoo_command(py, site, elsewhere, env):
+    """The console script pip wrote for the wheel (run by the fresh environment's Python: pip --target gives it
+    this environment's interpreter in its #! line) from a directory that is not a checkout."""
+    script = os.path.join(site, 'bin', 'qzoo')
+    assert 'from qzoo_cli import main' in open(script).read()
+
+    def qzoo_command(*args):
+        p = subprocess.run([str(py), script, *args], cwd=elsewhere, env=env, capture_output=True, text=True,
+                           timeout=600)
+        return p.returncode, p.stdout, p.stderr
+    rc, out, err = qzoo_command('--help')
+    assert rc == 0 and out.startswith('usage: qzoo') and 'list' in out, err
+    rc, out, err = qzoo_command('list', '--pretrained')
+    assert rc == 0, err
+    import qzoo
+    assert [line.split()[0] for line in out.splitlines()[2:]] == qzoo.list_models(pretrained=True)
+    rc, out, err = qzoo_command('launch', '--preset', 'quad-sweep', '--smoke', '--out', 'device-out')
+    assert rc == 2 and 'needs a checkout of the qzoo repository' in err and 'Traceback' not in err
+    assert not (elsewhere / 'device-out').exists()
