@@ -78,6 +78,7 @@ _MODELS = {
     'qresnet20_qres_budget': "Quadratic ResNet-20, neuron qres, stages 11-22-46: resnet20's parameter budget.",
     'qresnet20_power_budget': "Quadratic ResNet-20, neuron power (W (x*x) + b), stages 16-32-64: resnet20's parameter budget.",
     'qresnet20_lowrank2_budget': "Quadratic ResNet-20, neuron lowrank(rank=2), stages 9-18-37: resnet20's parameter budget.",
+    'unet_b32': 'U-Net at base width 32, depth 4.',
 }
 
 
