@@ -8,6 +8,8 @@ else
 PY := $(VENV)/bin/python
 endif
 STAMP := $(dir $(PY)).qzoo-installed
+# the console script that pip install puts beside the interpreter
+QZOO := $(dir $(PY))qzoo
 
 .PHONY: install test eval cards clean
 
@@ -24,11 +26,14 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest -q
 
+# scores every published checkpoint (cached under $$QZOO_CACHE/eval, default ~/.cache/qzoo/eval:
+# unchanged checkpoints are not scored again; NO_CACHE=1 scores everything), bootstrap intervals,
+# results/efficiency.{csv,md}, results/pareto-*.png and the generated summary in README.md
 eval: install
-	$(PY) eval/efficiency.py
+	$(PY) eval/efficiency.py --readme README.md $(if $(NO_CACHE),--no-cache)
 
 cards: install
-	$(PY) eval/cards.py
+	$(QZOO) cards
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -64,3 +64,176 @@ def test_validate_external_akamaster_through_url_and_hash_path(tmp_path):
                                  'crop_pct', 'interpolation']
     assert {'dataset', 'split', 'neuron', 'macs', 'weights', 'sha256'} <= set(rows[0])
     assert rows[0]['sha256'].startswith('12fca82f')
+
+
+# ---- per-example scores ----------------------------------------------------------------------------
+from qzoo.errors import CheckpointError  # noqa: E402
+from qzoo.evaluation import (DataMismatchError, EvalCache, Scores, data_settings, evaluate_spec,  # noqa: E402
+                             load_split, score_split)
+from qzoo.metrics import Metrics  # noqa: E402
+from qzoo.weights import all_weights  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.mark.parametrize('name', ['mlp_h8.synthetic-circles-d2-s0', 'qmlp_h4.synthetic-interaction-d2-s0',
+                                  'qcnn_w8.cwru-snr-6db-s0', 'unet_b4.dsb2018-96-s0'])
+def test_per_example_scores_average_to_the_published_metrics(name):
+    """Classification (correct/incorrect), regression (squared error), CWRU windows and DSB per-image
+    IoU/Dice: the mean of the per-example scores is the metric, and the metric is the card's."""
+    w = all_weights()[name]
+    ev = evaluate_spec(name)                                        # the record's data_spec, no cache
+    s = ev.scores
+    assert s.n == len(load_split(w.data_spec['name'], w.data_spec['args'])[0].test)
+    for metric, value in w.test.items():
+        assert ev.row[metric] == pytest.approx(value, abs=1e-3), metric
+        assert s.metric(metric)[0] == pytest.approx(s.metrics[metric], rel=1e-12, abs=1e-12)
+    plain = {'classification': lambda: 100 * s.arrays['correct'].mean(),
+             'segmentation': lambda: 100 * s.arrays['iou'].mean(),
+             'regression': lambda: s.arrays['sq_err'].mean()}[w.task]()
+    assert plain == pytest.approx(s.metrics[w.primary_metric], rel=1e-12)
+
+
+def test_macro_f1_from_per_example_scores_equals_the_aggregate_with_absent_classes():
+    torch.manual_seed(0)
+    out = torch.randn(300, 7)
+    y = torch.randint(0, 5, (300,))                   # classes 5 and 6 never occur (but may be predicted)
+    m = Metrics('classification', 7, 'cpu')
+    m.update(out, y)
+    agg = m.compute()
+    pred = out.argmax(1).numpy()
+    s = Scores('classification', 7, dict(label=y.numpy(), pred=pred, correct=(pred == y.numpy()).astype(np.uint8),
+                                         top5=(out.topk(5, 1).indices == y[:, None]).any(1).numpy().astype(np.uint8)),
+               agg)
+    s.check()
+    assert s.metric('macro_f1')[0] == pytest.approx(agg['macro_f1'], rel=1e-12)
+    s.arrays['correct'][0] ^= 1                        # a per-example score that disagrees is caught
+    with pytest.raises(RuntimeError, match='differs from the aggregate'):
+        s.check()
+
+
+# ---- data settings and fit checks -------------------------------------------------------------------
+def test_published_checkpoints_default_to_their_records_data_settings():
+    name, args, how = data_settings('qcnn.cwru-snr-6db-s1', 'cwru', {'snr_db': -6})
+    assert (name, args['eval_stride'], args['train_stride'], args['snr_db']) == ('cwru', 256, 256, -6)
+    assert "record's data_spec" in how
+    assert data_settings('qcnn.cwru-snr-6db-s1', data_args={'eval_stride': 2048})[1]['eval_stride'] == 2048
+    assert data_settings('qcnn.cwru-snr-6db-s1', 'cwru', {'snr_db': -6}, use_record=False)[1] == {'snr_db': -6}
+    with pytest.raises(ValueError, match='not a published checkpoint'):
+        data_settings('runs/some-folder')
+
+
+def test_validate_scores_a_cwru_checkpoint_as_its_card_does():
+    """`--data cwru --data-arg snr_db=-6` used to take the loader's default test stride (2048) and
+    score 93.44; the card's number is at stride 256."""
+    w = all_weights()['qcnn.cwru-snr-6db-s1']
+    row = evaluate_spec('qcnn.cwru-snr-6db-s1', 'cwru', {'snr_db': -6}).row
+    assert row['top1'] == pytest.approx(w.test['top1'], abs=1e-3) and row['dataset'] == w.dataset
+
+
+def test_a_regression_checkpoint_on_a_classification_set_is_refused():
+    with pytest.raises(DataMismatchError) as e:
+        evaluate_spec('qmlp_h4.synthetic-interaction-d2-s0', 'synthetic', {'kind': 'circles'})
+    msg = str(e.value)
+    assert 'regression checkpoint' in msg and 'classification dataset' in msg and "record's data_spec" in msg
+    assert isinstance(e.value, ValueError) and isinstance(e.value, CheckpointError)
+
+
+def test_a_model_with_other_classes_or_inputs_is_refused(tmp_path):
+    import qzoo
+    from qzoo.hub import save_pretrained
+    folder = save_pretrained(qzoo.create_model('mlp_h2', num_classes=10, in_chans=2), tmp_path / 'ten')
+    with pytest.raises(DataMismatchError, match=r'the dataset has 2 classes \(expected 2 logits\)'):
+        evaluate_spec(str(folder), 'synthetic', {'kind': 'circles'})
+    with pytest.raises(DataMismatchError, match='cannot take the inputs of synthetic-spheres-d10'):
+        evaluate_spec(str(folder), 'synthetic', {'kind': 'spheres', 'dim': 10})
+
+
+# ---- the evaluation cache ---------------------------------------------------------------------------
+def test_cache_hits_misses_and_invalidation(tmp_path, monkeypatch):
+    import qzoo
+    from qzoo import evaluation
+    from qzoo.hub import save_pretrained
+    cache = EvalCache(tmp_path / 'eval')
+    folder = save_pretrained(qzoo.create_model('mlp_h2'), tmp_path / 'm')
+    args = {'kind': 'circles', 'n_test': 300}
+    first = evaluate_spec(str(folder), 'synthetic', args, cache=cache)
+    second = evaluate_spec(str(folder), 'synthetic', args, cache=cache)
+    assert (first.cached, second.cached, cache.hits, cache.misses) == (False, True, 1, 1)
+    assert second.row == first.row
+    assert all(np.array_equal(first.scores.arrays[k], second.scores.arrays[k]) for k in first.scores.arrays)
+    assert not evaluate_spec(str(folder), 'synthetic', dict(args, n_test=301), cache=cache).cached   # other data
+    torch.manual_seed(1)
+    save_pretrained(qzoo.create_model('mlp_h2'), folder)                                             # other weights
+    changed = evaluate_spec(str(folder), 'synthetic', args, cache=cache)
+    assert not changed.cached and changed.row['sha256'] != first.row['sha256']
+    with monkeypatch.context() as m:
+        m.setattr(evaluation, 'code_digest', lambda: 'other scoring code')                          # other code
+        assert not evaluate_spec(str(folder), 'synthetic', args, cache=cache).cached
+        assert evaluate_spec(str(folder), 'synthetic', args, cache=cache).cached
+    assert evaluate_spec(str(folder), 'synthetic', args, cache=cache).cached
+    from qzoo.models.mlp import MLP
+    forward = MLP.forward
+    with monkeypatch.context() as m:                                        # the model's code computes otherwise
+        m.setattr(MLP, 'forward', lambda self, x: forward(self, x).flip(1))
+        before = cache.stale
+        flipped = evaluate_spec(str(folder), 'synthetic', args, cache=cache)
+        assert not flipped.cached and cache.stale == before + 1
+        assert flipped.row['top1'] == pytest.approx(100 - changed.row['top1'])
+        assert evaluate_spec(str(folder), 'synthetic', args, cache=cache).cached                # its entry rewritten
+    for p in (tmp_path / 'eval').rglob('*.npz'):                                                     # damaged entry
+        p.write_bytes(b'not an npz')
+    assert not evaluate_spec(str(folder), 'synthetic', args, cache=cache).cached
+    assert evaluate_spec(str(folder), 'synthetic', args, cache=cache).cached                         # rewritten
+    assert not evaluate_spec(str(folder), 'synthetic', args, cache=EvalCache(tmp_path / 'eval', refresh=True)).cached
+
+
+def test_load_split_digest_follows_the_data():
+    _, a = load_split('synthetic', {'kind': 'circles', 'n_test': 50})
+    _, b = load_split('synthetic', {'kind': 'circles', 'n_test': 50, 'seed': 1})
+    _, c = load_split('synthetic', {'n_test': 50, 'kind': 'circles'})
+    assert a != b and a == c
+
+
+# ---- the validate command ---------------------------------------------------------------------------
+def test_validate_cli_keeps_the_good_rows_when_one_spec_fails(tmp_path):
+    out = tmp_path / 'v.csv'
+    env = dict(__import__('os').environ, PYTHONPATH=str(ROOT), QZOO_CACHE=str(tmp_path / 'cache'))
+    res = subprocess.run([sys.executable, str(ROOT / 'eval' / 'validate.py'), '--weights',
+                          'mlp_h8.synthetic-circles-d2-s0', 'qmlp_h4.synthetic-interaction-d2-s0', 'no-such-weights',
+                          'qmlp_h2.synthetic-moons-d2-s0', '--data', 'synthetic', '--results-file', str(out)],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    assert 'FAILED qmlp_h4.synthetic-interaction-d2-s0: DataMismatchError' not in res.stderr     # own data_spec
+    assert 'FAILED no-such-weights: CheckpointError' in res.stderr and '1 of 4 failed' in res.stderr
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [r['weights'] for r in rows] == ['mlp_h8.synthetic-circles-d2-s0', 'qmlp_h4.synthetic-interaction-d2-s0',
+                                            'qmlp_h2.synthetic-moons-d2-s0']
+    assert rows[0]['dataset'] == 'synthetic-circles-d2' and rows[2]['dataset'] == 'synthetic-moons-d2'
+    assert float(rows[2]['top1']) == pytest.approx(all_weights()['qmlp_h2.synthetic-moons-d2-s0'].test['top1'])
+    assert "synthetic {\"kind\": \"moons\"} (the record's data_spec)" in res.stderr
+
+
+def test_every_validate_help_example_names_published_weights_and_valid_options():
+    """Each example in `validate --help` parses, names published (or external) weights, and resolves
+    to data settings the dataset accepts (running them all is the slow check done by hand)."""
+    import shlex
+    from qzoo import external
+    from qzoo.data import options
+    from qzoo.evaluation import VALIDATE_HELP, _validate_parser
+    examples = [line.strip()[len('{prog} '):] for line in VALIDATE_HELP.splitlines()
+                if line.strip().startswith('{prog} ')]
+    assert len(examples) >= 4
+    ap = _validate_parser()
+    for ex in examples:
+        a = ap.parse_args(shlex.split(ex))
+        over = {k: v for k, _, v in (item.partition('=') for item in a.data_arg)}
+        for spec in a.weights:
+            assert spec in all_weights() or spec in external.EXTERNAL, spec
+            if spec in external.EXTERNAL:
+                assert a.data, ex
+                continue
+            name, args, _ = data_settings(spec, a.data, over)
+            assert set(args) <= set(options(name)), (ex, args)

@@ -659,17 +659,18 @@ def test_validate_script_on_quadralib_entry(hub, tmp_path, monkeypatch):
     assert float(row['top1']) == pytest.approx(100 * (logits.argmax(1) == test.y).float().mean().item(), abs=1e-3)
 
 
-def test_efficiency_skips_external_files_not_available_offline(hub):
-    """make eval (eval/efficiency.py) with an empty hub cache: every external entry, QuadraLib's
-    included, is skipped with the 'not available offline' message; nothing is evaluated."""
-    script = _script('efficiency.py')
-    assert QL in script.EXTERNAL_FOR['cifar10-jpeg75']
+def test_efficiency_skips_external_files_not_available_offline(hub, tmp_path):
+    """make eval (qzoo.efficiency) with an empty hub cache and an empty mirror: every external
+    entry, QuadraLib's included, is skipped with the 'not available offline' message; no job is
+    planned for it."""
+    from qzoo.efficiency import plan
+    ten_class = sorted(n for n, e in EXTERNAL.items() if e.num_classes == 10)
+    assert QL in ten_class
     lines = []
-    spec = {'name': 'cifar10-jpeg75', 'args': {}}
-    rows = script.evaluate_external('cifar10-jpeg75', spec, 'cpu', lines.append, [])
-    assert rows == []
+    jobs = plan({}, ['cifar10-jpeg75'], [tmp_path / 'no-mirror'], lines.append)
+    assert jobs == []
     assert any(line.startswith(f'{QL}: not available offline') and str(hub) in line for line in lines)
-    assert len(lines) == len(script.EXTERNAL_FOR['cifar10-jpeg75'])
+    assert len(lines) == len(ten_class)
 
 
 def test_cifar_resnet_conventional_stem_option():

@@ -125,8 +125,8 @@ def main(argv=None) -> int:
                 md.append(f'- **{model}**: no size up to {max(a.sizes)} reaches the target')
         if 'mlp' in smallest and 'qmlp' in smallest:
             pm, pq = smallest['mlp'][1], smallest['qmlp'][1]
-            md.append(f'- parameters saved by the quadratic network at the target: {100 * (1 - pq / pm):.1f}% '
-                      f'({pq:,} vs {pm:,})')
+            md.append(f'- smallest size reaching the target: qmlp {pq:,} vs mlp {pm:,} parameters (qmlp / mlp = '
+                      f'{pq / pm:.2f}); not the frontier "parameters saved" of results/efficiency.md')
         md.append('')
         if metric == 'top1' and task.endswith('d2') and smallest:
             boundary_plot(task, {m: runs / task / f'{m}-h{smallest[m][0]}-s{a.seeds[0]}' for m in smallest},

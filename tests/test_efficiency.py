@@ -1,0 +1,223 @@
+"""qzoo.efficiency: tables with bootstrap intervals and verdicts, plots, the README block, the CLI."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from qzoo import efficiency as eff
+from qzoo.evaluation import Evaluation, Scores, efficiency_rows, load_split
+
+DATA_ARGS = {'kind': 'circles', 'n_test': 200}
+N = 200
+
+
+def _labels():
+    ds, _ = load_split('synthetic', DATA_ARGS)
+    return ds.test.y.numpy()
+
+
+def _correct(rate, seed):
+    """A 0/1 vector with exactly round(rate * N) ones at seeded positions."""
+    out = np.zeros(N, np.uint8)
+    out[np.random.default_rng(seed).permutation(N)[:int(round(rate * N))]] = 1
+    return out
+
+
+def _job(arch, neuron, params, correct, seed=0, experiment='circles'):
+    y = _labels()
+    scores = Scores('classification', 2, dict(label=y, pred=np.where(correct == 1, y, 1 - y),
+                                              correct=correct.astype(np.uint8)))
+    scores.metrics = {m: float(scores.metric(m)[0]) for m in ('top1', 'macro_f1')}
+    rec = SimpleNamespace(group=f'{arch}.{experiment}', seed=seed, neuron=neuron, macs=params, primary_metric='top1',
+                          test=dict(scores.metrics))
+    row = dict(param_count=params, macs=params, neuron=neuron, model=arch)
+    return eff.Job(f'{arch}.{experiment}-s{seed}', 'synthetic-circles-d2', 'synthetic', dict(DATA_ARGS), 'main', rec,
+                   1, Evaluation(row, scores))
+
+
+def _table(jobs, reps=400):
+    return eff.table_for('synthetic-circles-d2', jobs, reps, 0)
+
+
+def _rows(t):
+    return {r['model']: r for r in t['rows']}
+
+
+def test_saving_of_a_model_that_matches_a_larger_one_is_exact_but_one_seed_establishes_nothing():
+    b = _correct(0.9, 1)
+    t = _table([_job('small', 'linear', 100, _correct(0.7, 0)), _job('big', 'linear', 10_000, b),
+                _job('quad', 'fan', 1000, b.copy())])
+    q = _rows(t)['quad']
+    assert q['params_saved'] == pytest.approx(0.9) and q['conv_params_at_equal_metric'] == pytest.approx(10_000)
+    # paired: the quadratic model and 'big' score the same examples in every replicate -> p_C = 10,000 always
+    assert q['params_saved_lo'] == pytest.approx(0.9) and q['params_saved_hi'] == pytest.approx(0.9)
+    # the interval excludes 0, but with one seed per group training variation is not measured
+    assert not q['_saved'].established and q['params_saved_verdict'] == eff.ONE_SEED
+    assert any('+90.0% [+90.0%, +90.0%] **not established** (one seed: training variation not measured)' in line
+               for line in eff.table_markdown(t))
+    assert q['metric_gain_at_equal_params'] == pytest.approx(10.0)          # 90 - (70 + 90) / 2 at log-midpoint
+    assert q['gain_lo'] > 0 and not q['_gain'].established
+    assert 'not established: one seed' in eff.summary_sentence(t)
+    # the point estimates are the plain computation (efficiency_rows on the plain means)
+    plain = {g['group']: g for g in efficiency_rows(
+        [dict(group=r['group'], params=r['params'], mean=r['mean'], quadratic=r['family'] == 'quadratic')
+         for r in t['rows']], 'top1')}
+    assert plain['quad.circles']['params_saved'] == q['params_saved']
+    assert _rows(t)['big']['mean'] == 90.0 and _rows(t)['big']['mean_lo'] < 90.0 < _rows(t)['big']['mean_hi']
+
+
+def test_a_verdict_on_groups_of_several_seeds_is_plainly_established():
+    b = _correct(0.9, 1)
+    jobs = [_job(a, n, p, v, seed=s) for a, n, p, v in (('small', 'linear', 100, _correct(0.7, 0)),
+                                                         ('big', 'linear', 10_000, b), ('quad', 'fan', 1000, b))
+            for s in (0, 1)]
+    q = _rows(_table(jobs))['quad']
+    assert q['n_seeds'] == 2 and q['params_saved_verdict'] == 'established' and q['params_saved_lo'] == pytest.approx(0.9)
+
+
+def test_identical_models_give_a_zero_width_interval_at_zero_not_established():
+    b = _correct(0.9, 1)
+    t = _table([_job('small', 'linear', 100, _correct(0.7, 0)), _job('big', 'linear', 10_000, b),
+                _job('quad', 'fan', 10_000, b.copy())])
+    q = _rows(t)['quad']
+    assert q['params_saved'] == 0.0 and q['params_saved_lo'] == 0.0 and q['params_saved_hi'] == 0.0
+    assert not q['_saved'].established and q['params_saved_verdict'] == 'not established (the interval contains 0)'
+    md = '\n'.join(eff.table_markdown(t))
+    assert '+0.0% [+0.0%, +0.0%] **not established**' in md
+
+
+def test_undefined_savings_are_not_established_and_say_why():
+    t = _table([_job('small', 'linear', 100, _correct(0.7, 0)), _job('big', 'linear', 10_000, _correct(0.8, 1)),
+                _job('quad', 'fan', 1000, _correct(1.0, 2))])
+    q = _rows(t)['quad']
+    assert q['params_saved'] is None and q['params_saved_defined'] == 0.0
+    assert q['params_saved_verdict'] == 'not established (better than every conventional model in 100% of resamples)'
+    assert q['_gain'].text == eff.ONE_SEED and q['metric_gain_at_equal_params'] == pytest.approx(25.0)
+    sentence = eff.summary_sentence(t)
+    assert sentence.startswith('**Synthetic circles, 2-D** (test top-1 accuracy, 200 test examples, 1 seed): ')
+    assert ('parameters saved at equal top-1 accuracy — established for none of 1 (quad: better than every '
+            'conventional model in 100% of resamples)') in sentence
+    assert 'gain at equal parameters (points) — established for none of 1 (quad +25.00 [' in sentence
+    assert sentence.endswith('] not established: one seed).')
+
+
+def test_seeds_are_resampled_and_widen_the_interval():
+    one = _table([_job('a', 'linear', 100, _correct(0.8, 0))])
+    seeds = _table([_job('a', 'linear', 100, _correct(r, s), seed=s) for s, r in enumerate((0.6, 0.8, 1.0))])
+    r1, r3 = _rows(one)['a'], _rows(seeds)['a']
+    assert r3['n_seeds'] == 3 and r3['mean'] == pytest.approx(80.0) and r3['std'] == pytest.approx(20.0)
+    assert (r3['mean_hi'] - r3['mean_lo']) > 3 * (r1['mean_hi'] - r1['mean_lo'])
+    assert r3['checkpoints'] == 'a.circles-s0 a.circles-s1 a.circles-s2'
+
+
+def test_tables_plots_and_summary_are_deterministic(tmp_path):
+    jobs = [_job('small', 'linear', 100, _correct(0.7, 0)), _job('big', 'linear', 10_000, _correct(0.85, 1)),
+            _job('quad', 'fan', 1000, _correct(0.84, 2))]
+    t1, t2 = _table(jobs), _table(jobs)
+    assert eff.markdown([t1], 400, 0) == eff.markdown([t2], 400, 0)
+    assert eff.readme_block([t1], 400) == eff.readme_block([t2], 400)
+    eff.plot(t1, tmp_path / 'a.png')
+    eff.plot(t2, tmp_path / 'b.png')
+    assert (tmp_path / 'a.png').read_bytes() == (tmp_path / 'b.png').read_bytes()
+    eff.write_csv([t1], tmp_path / 'a.csv')
+    eff.write_csv([t2], tmp_path / 'b.csv')
+    assert (tmp_path / 'a.csv').read_text() == (tmp_path / 'b.csv').read_text()
+    assert 'params_saved_lo' in (tmp_path / 'a.csv').read_text().splitlines()[0]
+
+
+def test_plot_has_a_human_title_interval_bars_and_no_overlapping_tick_labels():
+    params = [68_786, 153_766, 272_474, 466_906, 611_074, 661_338, 855_770]    # the CIFAR ResNets
+    jobs = [_job(f'r{i}', 'linear', p, _correct(0.7 + 0.02 * i, i)) for i, p in enumerate(params)]
+    t = _table(jobs)
+    fig = eff.figure(t)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_title().startswith('Synthetic circles, 2-D')
+    for axis in (ax.xaxis, ax.yaxis):
+        boxes = [lab.get_window_extent() for lab in axis.get_ticklabels(which='both')
+                 if lab.get_visible() and lab.get_text()]
+        assert len(boxes) >= 2
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                assert not boxes[i].overlaps(boxes[j]), [lab.get_text() for lab in axis.get_ticklabels()]
+    assert [lab.get_text() for lab in ax.xaxis.get_ticklabels() if lab.get_text()] == ['50k', '100k', '200k', '500k',
+                                                                                      '1M']
+    assert len(ax.containers) == 1 and ax.containers[0].has_yerr                # interval bars
+    renderer = fig.canvas.get_renderer()
+    labels = [a.get_window_extent(renderer) for a in ax.texts]
+    assert sorted(a.get_text() for a in ax.texts) == sorted(f'r{i}' for i in range(len(params)))
+    assert not any(labels[i].overlaps(labels[j]) for i in range(len(labels)) for j in range(i + 1, len(labels)))
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_cwru_design_uses_blocks_of_overlapping_windows():
+    ds, _ = load_split('cwru', {'snr_db': -6, 'train_stride': 256, 'eval_stride': 256})
+    d = eff.design_for(ds)
+    assert d.block == 8 and len(d.members) == 10 and d.n == len(ds.test) == 974
+    starts = ds.test.meta['start'].numpy()
+    for m in d.members:                                    # each segment: one class, windows in time order
+        assert len(set(ds.test.y.numpy()[m])) == 1 and (np.diff(starts[m]) == 256).all()
+    non, _ = load_split('cwru', {'snr_db': -6, 'train_stride': 256, 'eval_stride': 2048})
+    assert eff.design_for(non).block == 1 and eff.design_for(non).n == len(non.test)
+    assert eff.human_name(ds) == 'CWRU bearings, 0 HP, SNR −6 dB'
+    assert eff.condition(ds) == 'test windows of 2048 samples at stride 256'
+
+
+def test_replace_block_rewrites_only_between_the_markers():
+    text = f'intro\n{eff.BEGIN}\nold\n{eff.END}\noutro\n'
+    out = eff.replace_block(text, 'new line\n')
+    assert out == f'intro\n{eff.BEGIN}\nnew line\n{eff.END}\noutro\n'
+    assert eff.replace_block(out, 'new line\n') == out
+    with pytest.raises(ValueError, match='exactly one'):
+        eff.replace_block('no markers', 'x')
+
+
+def _main_exit(*args):
+    with pytest.raises(SystemExit) as e:
+        eff.main(list(args))
+    return e.value.code
+
+
+def test_unknown_dataset_is_a_usage_error_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'efficiency.md').write_text('previous results')
+    assert _main_exit('--dataset', 'cwur', '--out', str(out)) == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'cwur'; did you mean cwru-0hp-clean-tr256-ev256, cwru-0hp-snr-6db-tr256-ev256?" in err
+    assert sorted(p.name for p in out.iterdir()) == ['efficiency.md']
+    assert (out / 'efficiency.md').read_text() == 'previous results'
+    assert _main_exit('--dataset', 'synthetic*', '--readme', str(tmp_path / 'README.md'), '--out', str(out)) == 2
+    assert '--readme summarises every dataset' in capsys.readouterr().err
+    (tmp_path / 'README.md').write_text('no markers here')
+    assert _main_exit('--readme', str(tmp_path / 'README.md'), '--out', str(out)) == 2
+    assert 'must hold exactly one <!-- results:begin -->' in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ['efficiency.md']
+
+
+
+@pytest.mark.parametrize('task', ['classification', 'segmentation', 'regression'])
+def test_resampled_metrics_equal_the_weighted_metrics(task):
+    """The bootstrap's gather/bincount computation gives Scores.metric's numbers for the same draws."""
+    from qzoo import stats
+    rng = np.random.default_rng(0)
+    n = 120
+    if task == 'classification':
+        y, pred = rng.integers(0, 7, n), rng.integers(0, 9, n)        # classes 7, 8 predicted, never present
+        s = Scores(task, 9, dict(label=y, pred=pred, correct=(y == pred).astype(np.uint8)))
+        names = ['top1', 'macro_f1']
+    elif task == 'segmentation':
+        s = Scores(task, 1, dict(iou=rng.random(n), dice=rng.random(n)))
+        names = ['iou', 'dice']
+    else:
+        s = Scores(task, 1, dict(sq_err=rng.random(n) ** 2))
+        names = ['mse']
+    idx = next(stats.index_chunks(stats.Design.iid(n), 50, 0, task))
+    w = stats.counts_of(idx, n)
+    for name in names:
+        np.testing.assert_allclose(eff.resampled_metric(s, name, idx), s.metric(name, w), rtol=1e-12, atol=1e-12)
+    whole = np.arange(n)[None]
+    for name in names:
+        assert eff.resampled_metric(s, name, whole)[0] == pytest.approx(s.metric(name)[0], rel=1e-12)
