@@ -37,6 +37,9 @@ def zoo(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     weights.clear_cache()
     yield ck
+    # $QZOO_CHECKPOINTS must be unset before the registry is rebuilt: otherwise timm's cfgs and the
+    # records cache would keep this temporary zoo for every later test
+    monkeypatch.undo()
     weights.clear_cache()
     from qzoo.registry import register_all
     register_all()
