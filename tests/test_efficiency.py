@@ -221,3 +221,31 @@ def test_resampled_metrics_equal_the_weighted_metrics(task):
     whole = np.arange(n)[None]
     for name in names:
         assert eff.resampled_metric(s, name, whole)[0] == pytest.approx(s.metric(name)[0], rel=1e-12)
+
+
+def test_headline_pairs_the_best_conventional_with_the_best_quadratic_of_at_most_its_size():
+    big = _correct(0.9, 1)
+    mid = big.copy()
+    mid[np.flatnonzero(big)[:10]] = 0     # qsmall errs on everything 'big' errs on, and 10 more: 85%
+    jobs = [_job(a, n, p, v, seed=s) for a, n, p, v in (
+        ('small', 'linear', 100, _correct(0.7, 0)), ('big', 'linear', 10_000, big),
+        ('qsmall', 'fan', 500, mid), ('qbig', 'fan', 20_000, _correct(1.0, 3))) for s in (0, 1)]
+    t = _table(jobs)
+    h = t['headline']
+    # qbig is better but larger than 'big': the headline compares qsmall (500 <= 10,000 params)
+    assert (h['conventional'], h['quadratic'], h['fits']) == ('big.circles', 'qsmall.circles', True)
+    assert h['diff'] == pytest.approx(-5.0) and h['params_ratio'] == pytest.approx(0.05)
+    assert h['lo'] <= -5.0 <= h['hi'] and h['hi'] < 0 and h['verdict'].established and h['verdict'].sign == -1
+    row = eff.headline_row(t)
+    assert '`big` (10,000 params, 2 seeds): 90.00 [' in row and '`qsmall` (500 params, 2 seeds): 85.00 [' in row
+    assert '| 0.05× | −5.00 [' in row and '**quadratic worse**' in row
+    # one seed per group: the same difference is not established
+    one = _table([j for j in jobs if j.spec.endswith('-s0')])
+    assert one['headline']['verdict'].text == eff.ONE_SEED and '**quadratic' not in eff.headline_row(one)
+
+
+def test_headline_without_a_quadratic_model_shows_the_best_conventional_one():
+    t = _table([_job('small', 'linear', 100, _correct(0.7, 0)), _job('big', 'linear', 10_000, _correct(0.9, 1))])
+    assert t['headline'] is None
+    row = eff.headline_row(t)
+    assert '`big` (10,000 params, 1 seed): 90.00' in row and 'no quadratic model published yet' in row
