@@ -34,7 +34,7 @@ from .neurons import NeuronFamily, NeuronSpec, get_neuron
 __all__ = [
     'QuadraticLayer', 'QuadraticLinear', 'QuadraticConv1d', 'QuadraticConv2d',
     'QuadraticConvTranspose1d', 'QuadraticConvTranspose2d', 'quadratize', 'CONVENTIONAL_TO_QUADRATIC',
-    'recording_graph',
+    'recording_graph', 'check_input_dtype',
 ]
 
 
@@ -55,6 +55,25 @@ def _check_fused_arg(owner: str, fused: Optional[bool]) -> None:
     warnings.warn(f'{owner}(fused={fused!r}): the fused argument is deprecated and has no effect '
                   f'(quadratic layers have one forward path, one call per term); remove it',
                   FutureWarning, stacklevel=level)
+
+
+def check_input_dtype(x: Tensor, want: torch.dtype, name: str, holder: str) -> None:
+    """TypeError naming both dtypes and the fix unless ``x`` is floating point with the dtype ``want``
+    of the weights of ``name`` (a ``holder``: 'layer' or 'model'). Under ``torch.autocast``,
+    float32/float16/bfloat16 may differ (autocast casts them; it leaves float64 alone)."""
+    if not x.is_floating_point():
+        raise TypeError(f'{name} expects a floating-point input (its weights are {want}), got a {x.dtype} '
+                        f'tensor; convert it with x.to({want})')
+    if x.dtype == want:
+        return
+    castable = {x.dtype, want} <= {torch.float32, torch.float16, torch.bfloat16}
+    if castable and torch.is_autocast_enabled(x.device.type):
+        return
+    fix = f'convert the input (x.to({want})) or the {holder} ({holder}.to({x.dtype}))'
+    if castable:
+        half = x.dtype if x.dtype != torch.float32 else want
+        fix += f", or run it under torch.autocast('{x.device.type}', dtype={half})"
+    raise TypeError(f'{name} has {want} weights but got a {x.dtype} input; {fix}')
 
 
 class QuadraticLayer(nn.Module):
@@ -130,21 +149,7 @@ class QuadraticLayer(nn.Module):
         name = type(self).__name__
         if not isinstance(x, Tensor):
             raise TypeError(f'{name} expects a tensor, got {type(x).__name__}')
-        w = self._ref.weight.dtype
-        if not x.is_floating_point():
-            raise TypeError(f'{name} expects a floating-point input (its weights are {w}), got a {x.dtype} '
-                            f'tensor; convert it with x.to({w})')
-        if x.dtype == w:
-            return
-        # autocast casts float32/float16/bfloat16 inputs and weights to its dtype; it leaves float64 alone
-        castable = {x.dtype, w} <= {torch.float32, torch.float16, torch.bfloat16}
-        if castable and torch.is_autocast_enabled(x.device.type):
-            return
-        fix = f'convert the input (x.to({w})) or the layer (layer.to({x.dtype}))'
-        if castable:
-            half = x.dtype if x.dtype != torch.float32 else w
-            fix += f", or run it under torch.autocast('{x.device.type}', dtype={half})"
-        raise TypeError(f'{name} has {w} weights but got a {x.dtype} input; {fix}')
+        check_input_dtype(x, self._ref.weight.dtype, name, 'layer')
 
     # ---- forward ----------------------------------------------------------------
     def _bias_of(self, name: str) -> Optional[Tensor]:

@@ -6,14 +6,13 @@ import csv
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import procs
 import qzoo
 import qzoo.benchmark as bench
 
@@ -256,15 +255,9 @@ def test_run_step_reports_timeout_and_failure(tmp_path, monkeypatch):
 def test_gpu_suite_without_cuda_says_so_and_exits_nonzero(tmp_path):
     out = tmp_path / 'gpu'
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'eval' / 'benchmark.py'), '--suite', 'gpu', '--budget-s', '60',
-                             '--results-dir', str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc = procs.run([sys.executable, str(ROOT / 'eval' / 'benchmark.py'), '--suite', 'gpu', '--budget-s', '60',
+                      '--results-dir', str(out)], cwd=tmp_path, env=env)
+    err = proc.stderr
     assert proc.returncode != 0
     assert 'needs CUDA' in err and '--smoke' in err
     assert not out.exists() and not (tmp_path / 'results').exists()

@@ -10,13 +10,13 @@ while a wrong graph (a dropped quadratic term, a wrong product or bias) changes 
 order of the output scale itself.
 """
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import procs
 import qzoo
 from qzoo.export import (example_input_shape, export_onnx, export_program, onnxruntime_max_abs_diff,
                          onnxruntime_session)
@@ -172,16 +172,8 @@ def test_qzoo_imports_without_the_optional_packages():
             "import qzoo, qzoo.export\nm = qzoo.create_model('qmlp')\n"
             "print(qzoo.export.example_input_shape(m), qzoo.export.export_program(m).module()(__import__('torch')"
             ".randn(3, 2)).shape)")
-    proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            import os
-            import signal
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc = procs.run([sys.executable, '-c', code], cwd=ROOT)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err
     assert '(1, 2) torch.Size([3, 2])' in out
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import (QuadraticConv1d, QuadraticConv2d, QuadraticConvTranspose1d, QuadraticConvTranspose2d,
-                      QuadraticLayer, QuadraticLinear, recording_graph)
+                      QuadraticLayer, QuadraticLinear, check_input_dtype, recording_graph)
 from ..neurons import NeuronFamily, NeuronSpec, get_neuron
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -57,25 +57,10 @@ def _model_name(model: nn.Module) -> str:
 
 def check_dtype(x: Tensor, model: nn.Module) -> None:
     """TypeError naming the expected and found dtype and the fix unless ``x`` is floating point with the
-    dtype of the model's weights (under ``torch.autocast`` float32/float16/bfloat16 may differ, as autocast
-    casts them; it leaves float64 alone). Suggests float dtypes only."""
+    dtype of the model's weights (see :func:`qzoo.layers.check_input_dtype`)."""
     w = next(iter(model.parameters()), None)
-    if w is None:
-        return
-    name, want = _model_name(model), w.dtype
-    if not x.is_floating_point():
-        raise TypeError(f'{name} expects a floating-point input (its weights are {want}), got a {x.dtype} tensor; '
-                        f'convert it with x.to({want})')
-    if x.dtype == want:
-        return
-    castable = {x.dtype, want} <= {torch.float32, torch.float16, torch.bfloat16}
-    if castable and torch.is_autocast_enabled(x.device.type):
-        return
-    fix = f'convert the input (x.to({want})) or the model (model.to({x.dtype}))'
-    if castable:
-        half = x.dtype if x.dtype != torch.float32 else want
-        fix += f", or run it under torch.autocast('{x.device.type}', dtype={half})"
-    raise TypeError(f'{name} has {want} weights but got a {x.dtype} input; {fix}')
+    if w is not None:
+        check_input_dtype(x, w.dtype, _model_name(model), 'model')
 
 
 def check_input(x: Tensor, model: nn.Module, *shapes: Sequence[Union[int, str]], min_size: int = 1) -> None:
