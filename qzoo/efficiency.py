@@ -589,8 +589,18 @@ def write_csv(tables: List[Dict[str, Any]], path: Path) -> None:
     w.writeheader()
     for t in tables:
         for r in t['rows']:
-            w.writerow({c: ('' if r.get(c) is None else r.get(c)) for c in CSV_COLUMNS})
+            w.writerow({c: _csv_value(r.get(c)) for c in CSV_COLUMNS})
     atomic_write_text(path, buf.getvalue())
+
+
+def _csv_value(v: Any) -> Any:
+    """Floats to 7 significant digits. Scoring the same weights with another thread count or CPU
+    reorders float32 reductions and moves a metric by a few parts in 10^8 (measured: a fresh
+    one-thread run against cached two-thread scores); the CSV should not change with that, and no
+    number here is meaningful beyond its 4th digit (see the intervals)."""
+    if v is None:
+        return ''
+    return float(f'{v:.7g}') if isinstance(v, float) else v
 
 
 # ---- the README summary --------------------------------------------------------------------------

@@ -20,8 +20,8 @@ def _blocks(lang):
 
 def test_the_readme_has_the_blocks_a_user_needs():
     assert len(_blocks('python')) >= 4 and len(_blocks('bash')) >= 2
-    first_screen = README[:README.index('## Quickstart') + 2500]
-    assert "pretrained=True" in first_screen and 'print(' in first_screen
+    first_screen = '\n'.join(README.splitlines()[:40])   # a pretrained prediction before any scrolling
+    assert 'pip install .' in first_screen and "pretrained=True" in first_screen and 'print(' in first_screen
 
 
 def test_every_python_block_runs_in_order(tmp_path, monkeypatch):
@@ -76,3 +76,13 @@ def test_every_relative_link_points_at_a_file():
     assert links
     for link in links:
         assert (ROOT / link).exists(), link
+
+
+def test_the_layout_section_names_every_module_of_the_package():
+    layout = README[README.index('## Layout'):]
+    layout = layout[:layout.index('\n## ', 1)]
+    modules = sorted(p.stem for p in (ROOT / 'qzoo').glob('*.py') if p.stem != '__init__')
+    modules += sorted(p.name + '/' for p in (ROOT / 'qzoo').iterdir()
+                      if p.is_dir() and (p / '__init__.py').is_file())
+    missing = [m for m in modules if not re.search(rf'\b{re.escape(m)}(\.py\b|(?<=/))', layout)]
+    assert not missing, f'README Layout does not name: {missing}'
