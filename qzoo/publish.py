@@ -2,7 +2,7 @@
 
 A published checkpoint is a folder ``<checkpoints>/<architecture>.<experiment>-s<seed>/``
 (the Hugging Face repository layout: ``model.safetensors``, ``config.json``, ``README.md``,
-plus the run's ``recipe.yaml`` and ``log.jsonl``) and a :class:`~qzoo.weights.Weights`
+plus the run's ``recipe.yaml`` and its ``log.jsonl`` gzip-compressed as ``log.jsonl.gz``) and a :class:`~qzoo.weights.Weights`
 record in ``manifest.json``. ``config.json``, the card and ``MODEL_CARDS.md`` are generated
 from the record (:func:`write_folder_metadata`, :func:`refresh`).
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ import torch
 
 from .cards import model_card, zoo_index
 from .errors import CheckpointError, RunDirError
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .hub import from_pretrained, write_config
 from .models import MODEL_FACTORIES
 from .registry import create_model, register_all, tag_cfg
@@ -232,6 +233,20 @@ def _recipe_overrides(run: Path, results: Dict[str, Any]) -> List[str]:
             if ran.get(k) != now.get(k) and (ran.get(k) or now.get(k))]  # None and {} alike
 
 
+#: the training log in a published folder: the run's log.jsonl, gzip-compressed (a byte-deterministic
+#: stream: no file name, mtime 0), because 300 logs of up to 200 epochs are most of the zoo's size
+LOG_NAME = 'log.jsonl.gz'
+
+
+def write_log_gz(src: Path, dst: Path) -> None:
+    """``src`` (a log.jsonl) gzip-compressed into ``dst``, the same bytes for the same log."""
+    import gzip
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename='', mode='wb', compresslevel=9, fileobj=buf, mtime=0) as gz:
+        gz.write(Path(src).read_bytes())
+    atomic_write_bytes(dst, buf.getvalue())
+
+
 def _read_run(run: Path) -> Dict[str, Any]:
     if not run.is_dir():
         raise RunDirError(f'{run} is not a run folder. Fix: give the --out folder of a finished recipes/train.py run')
@@ -321,8 +336,8 @@ def publish(run_dir, experiment: str, dtype: str = 'auto') -> Weights:
         sha = save_weights(model.state_dict(), tmp / WEIGHTS_NAME, meta,
                            {'float16': torch.float16, 'float32': torch.float32}[dtype])
         w = _record(results, run, variant, args, experiment, here, dtype, check, sha, ds)
-        for f in ('recipe.yaml', 'log.jsonl'):
-            shutil.copyfile(run / f, tmp / f)
+        shutil.copyfile(run / 'recipe.yaml', tmp / 'recipe.yaml')
+        write_log_gz(run / 'log.jsonl', tmp / LOG_NAME)
         records = dict(all_weights())
         records[w.name] = w
         records = _apply_defaults(records, _pinned(records))

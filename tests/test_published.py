@@ -1,6 +1,7 @@
 """The published weights: every record matches its folder (config.json, card, file hash), loads with
 pretrained=True through timm, qzoo and torch.hub (offline, from qzoo/checkpoints), and the generated
 files are fresh."""
+import gzip
 import json
 import shutil
 
@@ -45,7 +46,9 @@ def test_config_json_describes_its_own_checkpoint(name):
     assert {k: cfg['model_args'][k] for k in w.model_args} == dict(w.model_args)
     assert (folder / 'README.md').read_text() == model_card(cfg)
     assert set(p.name for p in folder.iterdir()) == {'model.safetensors', 'config.json', 'README.md', 'recipe.yaml',
-                                                     'log.jsonl'}
+                                                     'log.jsonl.gz'}
+    log = [json.loads(line) for line in gzip.decompress((folder / 'log.jsonl.gz').read_bytes()).splitlines()]
+    assert log[-1]['epoch'] + 1 == w.training['epochs'] and w.training['selected_epoch'] in {r['epoch'] for r in log}
     assert w.training['selection'].startswith('best validation') or w.training['selection'] == 'last epoch'
 
 
