@@ -340,22 +340,27 @@ def _interval_fields(prefix: str, iv: stats.Interval, verdict: Optional[stats.Ve
 ONE_SEED = 'not established (one seed: training variation not measured)'
 
 
-def _qualify(v: stats.Verdict, info: Dict[str, Dict[str, Any]], g: str) -> stats.Verdict:
-    """A verdict that rests on a one-seed group (the quadratic group or any conventional group of
-    the frontier) is not established, whatever its interval: that interval covers test-set
-    sampling only, and training variation (seeds) is as large as the differences measured."""
-    groups = [g] + [k for k, d in info.items() if d['family'] == 'conventional']
+def _qualify(v: stats.Verdict, info: Dict[str, Dict[str, Any]], groups: Sequence[str]) -> stats.Verdict:
+    """A verdict that rests on a one-seed group (any of ``groups``) is not established, whatever its
+    interval: that interval covers test-set sampling only, and training variation (seeds) is as
+    large as the differences measured."""
     if v.established and min(info[k]['n_seeds'] for k in groups) == 1:
         return stats.Verdict(False, 0, ONE_SEED)
     return v
+
+
+def _with_frontier(info: Dict[str, Dict[str, Any]], g: str) -> List[str]:
+    """Quadratic group ``g`` and every conventional group of the frontier it is read against."""
+    return [g] + [k for k, d in info.items() if d['family'] == 'conventional']
 
 
 def _quadratic_fields(g: str, info, pder, der, metric: str, point_mean: float, higher: bool) -> Dict[str, Any]:
     pc, saved, gain = pder[g]
     saved_r, gain_r, side = der[g]
     s_iv, g_iv = stats.interval(saved, saved_r), stats.interval(gain, gain_r)
-    s_v = _qualify(stats.judge(s_iv, why_undefined=_why(side)), info, g)
-    g_v = _qualify(stats.judge(g_iv, why_undefined='parameters outside the conventional range'), info, g)
+    s_v = _qualify(stats.judge(s_iv, why_undefined=_why(side)), info, _with_frontier(info, g))
+    g_v = _qualify(stats.judge(g_iv, why_undefined='parameters outside the conventional range'), info,
+                   _with_frontier(info, g))
     conv = sorted((d['params'], d['mean']) for d in info.values() if d['family'] == 'conventional')
     notes = []
     if saved is None and conv:
@@ -456,9 +461,7 @@ def headline_pair(info: Dict[str, Dict[str, Any]], summ: Dict[str, Tuple[float, 
         min(quad, key=lambda g: info[g]['params'])
     diff = sign * (summ[q][0] - summ[c][0])
     iv = stats.interval(diff, sign * (summ[q][2] - summ[c][2]))
-    verdict = stats.judge(iv)
-    if verdict.established and min(info[q]['n_seeds'], info[c]['n_seeds']) == 1:
-        verdict = stats.Verdict(False, 0, ONE_SEED)
+    verdict = _qualify(stats.judge(iv), info, [q, c])
     return dict(conventional=c, quadratic=q, diff=diff, lo=iv.lo, hi=iv.hi, verdict=verdict,
                 params_ratio=info[q]['params'] / info[c]['params'], fits=bool(fits))
 
