@@ -30,10 +30,12 @@ import pickle
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+import timm
 import torch
 from torch import nn
 
@@ -43,17 +45,21 @@ except ImportError:  # not POSIX: run folders are not locked
     fcntl = None
 
 from . import __version__
-from .errors import CheckpointError, CheckpointWriteError, DataError, RecipeError, RunDirError, TrainingDiverged
+from .checkout import code_identity
+from .divergence import Divergence, detect
+from .errors import (CheckpointError, CheckpointWriteError, DataError, DivergenceWarning, RecipeError,
+                     RunDirError, TrainingDiverged)
 from .fileio import atomic_open, atomic_write_json, atomic_write_text
 from .measure import count_macs, count_params
 from .metrics import Metrics, autocast, evaluate, loss_fn
+from .monitor import StepMonitor
 from .recipe import Recipe, load_recipe, recipe_help
 from .relinear import param_groups
 
 __all__ = ['train', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged', 'CheckpointWriteError', 'CheckpointError',
            'RecipeError', 'RunDirError']
 
-CKPT, BEST, LOG, LOCK = 'last.ckpt', 'best.safetensors', 'log.jsonl', 'train.lock'
+CKPT, BEST, LOG, LOCK, MONITOR = 'last.ckpt', 'best.safetensors', 'log.jsonl', 'train.lock', 'monitor.jsonl'
 CKPT_KEYS = ('model', 'optimizer', 'scheduler', 'epoch', 'best', 'best_epoch', 'rng', 'recipe_sha256', 'wall_time_s')
 
 
@@ -67,7 +73,7 @@ class RunDir:
     def __init__(self, path, lock: bool = True):
         self.path = Path(path)
         self._fd: Optional[int] = None
-        self._log: List[str] = []
+        self._logs: Dict[str, List[str]] = {}
         if lock:
             self._create()
             self._lock()
@@ -139,34 +145,45 @@ class RunDir:
                                     f'version of the file, if any, is intact. Fix: free disk space or fix the '
                                     f'permissions of {self.path}, then run again with --resume')
 
-    def start_log(self, upto_epoch: Optional[int]) -> None:
-        """An empty log (a new run), or the existing one without epochs after ``upto_epoch`` (a resume: a run
-        stopped after logging an epoch whose checkpoint was not written repeats that epoch)."""
-        self._log = []
+    def start_log(self, upto_epoch: Optional[int], name: str = LOG) -> None:
+        """An empty log ``name`` (a new run), or the existing one without records after ``upto_epoch`` (a resume: a
+        run stopped after logging an epoch whose checkpoint was not written repeats that epoch)."""
+        kept: List[str] = []
+        path = self.file(name)
         try:
-            old = self.file(LOG).read_text() if upto_epoch is not None and self.file(LOG).is_file() else ''
+            old = path.read_text() if upto_epoch is not None and path.is_file() else ''
         except (OSError, UnicodeDecodeError) as e:
-            raise RunDirError(f'cannot read {self.file(LOG)} to resume it ({e}). Fix: make it readable, or delete it '
+            raise RunDirError(f'cannot read {path} to resume it ({e}). Fix: make it readable, or delete it '
                               '(the resumed run then logs only its own epochs)') from None
-        if old:
-            for line in old.splitlines(keepends=True):
-                try:
-                    if json.loads(line)['epoch'] > upto_epoch:
-                        break
-                except (ValueError, KeyError, TypeError):
-                    break  # a line cut by a crash, or not ours: drop it and what follows
-                self._log.append(line if line.endswith('\n') else line + '\n')
-        self.write_text(LOG, ''.join(self._log))
+        for line in old.splitlines(keepends=True):
+            try:
+                if json.loads(line)['epoch'] > upto_epoch:
+                    break
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut by a crash, or not ours: drop it and what follows
+            kept.append(line if line.endswith('\n') else line + '\n')
+        self._logs[name] = kept
+        self.write_text(name, ''.join(kept))
 
-    def log(self, record: Dict[str, Any]) -> None:
+    def records(self, name: str = LOG) -> List[Dict[str, Any]]:
+        """The records of log ``name`` written so far (this session's and, on a resume, the kept earlier ones)."""
+        return [json.loads(line) for line in self._logs.get(name, [])]
+
+    def log(self, record: Dict[str, Any], name: str = LOG) -> None:
         """Append one epoch's record to log.jsonl (the whole file is replaced atomically)."""
-        self._log.append(json.dumps(record) + '\n')
+        self.log_many([record], name)
+
+    def log_many(self, records: List[Dict[str, Any]], name: str = LOG) -> None:
+        """Append ``records`` to log ``name`` (the whole file is replaced atomically)."""
+        lines = self._logs.setdefault(name, [])
+        lines += [json.dumps(r) + '\n' for r in records]
         try:
-            atomic_write_text(self.file(LOG), ''.join(self._log))
+            atomic_write_text(self.file(name), ''.join(lines))
         except OSError as e:
-            self._log.pop()
+            del lines[len(lines) - len(records):]
+            epoch = records[0].get('epoch') if records else None
             raise CheckpointWriteError(
-                f'could not append epoch {record.get("epoch")} to {self.file(LOG)} ({e.strerror or e}); the log up to '
+                f'could not append epoch {epoch} to {self.file(name)} ({e.strerror or e}); the log up to '
                 f'the previous epoch is intact. Fix: free disk space or fix the permissions of {self.path}, then run '
                 'again with --resume') from e
 
@@ -234,6 +251,7 @@ class _Setup:
     params: int
     macs: int
     sample_shape: Tuple[int, ...]
+    monitor: Optional[StepMonitor] = None  # recipe.monitor_every: per-step diagnostics into monitor.jsonl
 
     def evaluate(self, loader) -> Dict[str, float]:
         return evaluate(self.model, loader, self.ds.task, self.ds.num_classes, self.device, self.amp_dtype)
@@ -310,8 +328,9 @@ def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool) -> _Setup:
     if r.compile:
         net = torch.compile(net)
     amp_dtype = torch.bfloat16 if (r.amp == 'bf16' or (r.amp == 'auto' and device.type == 'cuda')) else None
+    monitor = StepMonitor(model, r.monitor_every) if r.monitor_every and dist.main else None
     return _Setup(r, dist, device, ds, train_loader, val_loader, test_loader, model, net, opt, sched,
-                  loss_fn(ds.task, r.label_smoothing), amp_dtype, cl, params, macs, sample_shape)
+                  loss_fn(ds.task, r.label_smoothing), amp_dtype, cl, params, macs, sample_shape, monitor)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -324,6 +343,7 @@ class _Progress:
     best_epoch: Optional[int] = None
     wall_before: float = 0.0
     session_start: float = 0.0       # time.time() when this session's first epoch began
+    divergence: Optional[Divergence] = None  # the first divergence this session warned about
 
     def wall(self) -> float:
         """Training wall time of the run so far, earlier sessions included."""
@@ -472,22 +492,27 @@ def _check_finite(s: _Setup, run: RunDir, loss_sum: torch.Tensor, epoch: int, st
             'last good epoch')
 
 
-def _train_epoch(s: _Setup, run: RunDir, epoch: int) -> Tuple[float, int, float]:
-    """One epoch of training; returns (mean training loss, samples seen on this rank, seconds)."""
+def _train_epoch(s: _Setup, run: RunDir, epoch: int) -> Tuple[float, int, float, List[Dict[str, Any]]]:
+    """One epoch of training; returns (mean training loss, samples seen on this rank, seconds, the monitor's
+    records)."""
     s.net.train()
     s.train_loader.set_epoch(epoch)
     steps = len(s.train_loader)
     step = epoch * steps
-    loss_sum, n_seen = torch.zeros((), device=s.device), 0
+    loss_sum, n_seen, watched = torch.zeros((), device=s.device), 0, []
     _sync(s.device)
     t0 = time.time()
     for i, (x, y) in enumerate(s.train_loader):
         if s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if s.monitor is not None:
+            s.monitor.arm(step)
         with autocast(s.device, s.amp_dtype):
             loss = s.loss(s.net(x), y)
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if s.monitor is not None:
+            watched += filter(None, [s.monitor.collect(epoch, step, loss, s.opt.param_groups[0]['lr'])])
         if s.recipe.grad_clip:
             nn.utils.clip_grad_norm_(s.model.parameters(), s.recipe.grad_clip)
         s.opt.step()
@@ -498,11 +523,24 @@ def _train_epoch(s: _Setup, run: RunDir, epoch: int) -> Tuple[float, int, float]
         if i + 1 == steps or step % s.recipe.nan_check_every == 0:
             _check_finite(s, run, loss_sum, epoch, step)
     _sync(s.device)
-    return (loss_sum / max(1, steps)).item(), n_seen, time.time() - t0
+    return (loss_sum / max(1, steps)).item(), n_seen, time.time() - t0, watched
+
+
+def _warn_divergence(s: _Setup, run: RunDir, p: _Progress) -> None:
+    """Warn (:class:`~qzoo.errors.DivergenceWarning`) the first time the log shows a divergence
+    (:func:`qzoo.divergence.detect`); training goes on, and results.json records it."""
+    d = detect(run.records(), s.recipe.warmup_epochs)
+    if d is None or p.divergence is not None:
+        return
+    p.divergence = d
+    best = f'the best validation epoch so far is {p.best_epoch}' if p.best_epoch is not None else 'no best epoch yet'
+    warnings.warn(f'{s.recipe.name}: training diverged at epoch {d.epoch}: {d.what()} ({best}; training goes on, and '
+                  'results.json records it under "divergence"). Remedies: grad_clip, a lower lr or quad_lr_scale',
+                  DivergenceWarning, stacklevel=2)
 
 
 def _end_epoch(s: _Setup, run: RunDir, p: _Progress, epoch: int, loss: float, n_seen: int,
-               secs: float) -> Dict[str, Any]:
+               secs: float, watched: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Validate, log, checkpoint, then keep the weights if they are the best so far."""
     primary, higher = Metrics.primary(s.ds.task)
     val = s.evaluate(s.val_loader)
@@ -517,6 +555,9 @@ def _end_epoch(s: _Setup, run: RunDir, p: _Progress, epoch: int, loss: float, n_
                time=time.time())  # wall clock at the end of the epoch (launch.py --fit-in reads it)
     if s.dist.main:
         run.log(rec)
+        if s.monitor is not None:
+            run.log_many(watched, MONITOR)
+        _warn_divergence(s, run, p)
         _save_checkpoint(run, dict(model=s.model.state_dict(), optimizer=s.opt.state_dict(),
                                    scheduler=s.sched.state_dict(), epoch=epoch, best=p.best, best_epoch=p.best_epoch,
                                    rng=_rng_state(s.device), recipe_sha256=s.recipe.sha256(), wall_time_s=p.wall()))
@@ -539,7 +580,8 @@ def _select(s: _Setup, run: RunDir, p: _Progress) -> int:
     return p.best_epoch
 
 
-def _results(s: _Setup, selected_epoch: int, wall: float, smoke: bool, recipe_path: Optional[str]) -> Dict[str, Any]:
+def _results(s: _Setup, selected_epoch: int, wall: float, smoke: bool, recipe_path: Optional[str],
+             divergence: Optional[Divergence]) -> Dict[str, Any]:
     """The one test evaluation and results.json's record (its fields are what publishing reads)."""
     r, ds = s.recipe, s.ds
     primary = Metrics.primary(ds.task)[0]
@@ -550,8 +592,11 @@ def _results(s: _Setup, selected_epoch: int, wall: float, smoke: bool, recipe_pa
         neuron=getattr(s.model, 'neuron', 'linear'), params=s.params, macs=s.macs, macs_input=list(s.sample_shape),
         val=val, test=test, primary_metric=primary, epochs=r.epochs, selected_epoch=selected_epoch,
         selection=('best validation ' + primary) if r.select == 'best_val' else 'last epoch',
+        divergence=divergence.to_dict() if divergence is not None else None,
         seed=r.seed, wall_time_s=wall, device=_device_name(s.device), world_size=s.dist.world_size,
-        torch=torch.__version__, qzoo=__version__, recipe=recipe_path or '', recipe_sha256=r.sha256(),
+        torch=torch.__version__, timm=timm.__version__, qzoo=__version__, code=code_identity(),
+        amp=str(s.amp_dtype).replace('torch.', '') if s.amp_dtype is not None else 'off', channels_last=s.channels_last,
+        recipe=recipe_path or '', recipe_sha256=r.sha256(),
         data=dict(splits={k: len(getattr(ds, k).x) for k in ('train', 'val', 'test')}), smoke=smoke,
     )
 
@@ -564,7 +609,7 @@ def _finish(s: _Setup, run: RunDir, p: _Progress, smoke: bool, recipe_path: Opti
         if not s.dist.main:
             return {}
     wall = p.wall()
-    results = _results(s, _select(s, run, p), wall, smoke, recipe_path)
+    results = _results(s, _select(s, run, p), wall, smoke, recipe_path, detect(run.records(), s.recipe.warmup_epochs))
     try:
         save_pretrained(s.model, run.path, results=results)
     except OSError as e:
@@ -605,12 +650,14 @@ def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = Fals
         p = _restore(s, run, r.sha256()) if resume else _Progress()
         if dist.main:
             run.start_log(p.start_epoch - 1 if resume else None)
+            if s.monitor is not None:
+                run.start_log(p.start_epoch - 1 if resume else None, MONITOR)
             run.write_text('recipe.yaml', r.to_yaml())
         bar = _progress_bar(r, p.start_epoch, progress and dist.main)
         p.session_start = time.time()
         for epoch in range(p.start_epoch, r.epochs):
-            loss, n_seen, secs = _train_epoch(s, run, epoch)
-            rec = _end_epoch(s, run, p, epoch, loss, n_seen, secs)
+            loss, n_seen, secs, watched = _train_epoch(s, run, epoch)
+            rec = _end_epoch(s, run, p, epoch, loss, n_seen, secs, watched)
             if bar is not None:
                 bar.set_postfix({Metrics.primary(s.ds.task)[0]: f"{rec['score']:.3f}", 'loss': f'{loss:.3f}'})
                 bar.update(1)

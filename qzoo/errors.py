@@ -11,13 +11,15 @@ Each is (a subclass of) one of the documented types, so ``except ValueError`` /
 * :class:`CheckpointError`: weights that are missing, corrupt, refused or do not fit.
   (``qzoo.external.ExternalCheckpointError`` is its counterpart for external checkpoints.)
 * :class:`TrainingDiverged`: the loss became NaN/inf; the last good checkpoint was kept.
+* :class:`DivergenceWarning` (a warning, not an error): the training loss blew up or the validation
+  outputs became non-finite (:mod:`qzoo.divergence`); training goes on and the run records it.
 * ``OSError``: :class:`CheckpointWriteError` (a checkpoint or output could not be written;
   the previous one is intact) and :class:`RunDirError` (a run folder that cannot be used).
 """
 from __future__ import annotations
 
-__all__ = ['RecipeError', 'DataError', 'CheckpointError', 'TrainingDiverged', 'CheckpointWriteError',
-           'RunDirError']
+__all__ = ['RecipeError', 'DataError', 'CheckpointError', 'TrainingDiverged', 'DivergenceWarning',
+           'CheckpointWriteError', 'RunDirError']
 
 
 class RecipeError(ValueError):
@@ -34,6 +36,10 @@ class CheckpointError(RuntimeError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint was kept."""
+
+
+class DivergenceWarning(UserWarning):
+    """Training diverged (qzoo.divergence): the loss blew up or the validation outputs became NaN/inf."""
 
 
 class CheckpointWriteError(OSError):

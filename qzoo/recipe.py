@@ -48,6 +48,9 @@ class _Spec:
     hi_open: bool = False       # hi excluded
     nullable: bool = False
     choices: Tuple[str, ...] = ()
+    #: left out of :meth:`Recipe.to_yaml` while at its default: a key added after runs were published, so that
+    #: their recorded recipe.yaml and recipe_sha256 stay what they are
+    omit_default: bool = False
 
     def want(self) -> str:
         """What a valid value looks like, in words."""
@@ -124,6 +127,9 @@ class Recipe:
     deterministic: bool = _f(False, 'deterministic algorithms (slower on CUDA)', 'bool')
     device: str = _f('auto', 'device (auto: cuda when available)', 'device')
     nan_check_every: int = _f(50, 'steps between (synchronising) non-finite loss checks', 'int', lo=1)
+    monitor_every: Optional[int] = _f(None, 'steps between per-step diagnostics in monitor.jsonl (gradient norms '
+                                             'per layer, quadratic-term outputs; qzoo.monitor); null: off', 'int',
+                                      lo=1, nullable=True, omit_default=True)
     smoke: Dict[str, Any] = _f(SMOKE_DEFAULT, 'what --smoke keeps: ' + ', '.join(SMOKE_SPEC), 'smoke')
 
     def __post_init__(self):
@@ -136,8 +142,11 @@ class Recipe:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def to_yaml(self) -> str:
-        """The resolved recipe as runs record it (``recipe.yaml``): every field, keys sorted."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+        """The resolved recipe as runs record it (``recipe.yaml``): every field, keys sorted; a key added after the
+        first runs were published (``omit_default``) only when it is not at its default."""
+        d, specs, defaults = self.to_dict(), self.specs(), self.defaults()
+        return yaml.safe_dump({k: v for k, v in d.items() if not (specs[k].omit_default and v == defaults[k])},
+                              sort_keys=True)
 
     def sha256(self) -> str:
         """SHA-256 of :meth:`to_yaml` (``recipe_sha256`` in results.json and checkpoints)."""
@@ -295,6 +304,9 @@ def _check(values: Dict[str, Any], sources: Dict[str, str]) -> Dict[str, Any]:
                               'and the overrides gives it')
     out = {k: _check_value(k, specs[k], v, sources.get(k, 'recipe')) for k, v in values.items()}
     _check_names(out, sources)
+    if out.get('monitor_every') and out.get('compile'):
+        raise RecipeError(f"{sources.get('monitor_every', 'recipe')}: monitor_every records through module hooks, "
+                          'which a compiled model does not run; set compile: false for a monitored run')
     if not out.get('name'):
         out['name'] = f"{out['model']}-{out['data']}"
     return out

@@ -12,7 +12,9 @@ PKG = ROOT / 'qzoo'
 
 #: each module's layer, lowest first; a module imports only lower layers (or its own package's siblings)
 LAYERS = [
-    ('errors', 'fileio', 'cards', 'checkout'),  # the documented exceptions, file helpers, card text, the checkout
+    ('errors', 'fileio', 'divergence', 'checkout'),  # the documented exceptions, file helpers, the divergence rule,
+                                                     # the checkout
+    ('cards',),                                # card text
     ('neurons',),                              # the neuron math
     ('layers',),                               # quadratic layers on the neurons
     ('relinear', 'measure'),                   # optimizer groups and counts, on the layers
@@ -25,6 +27,7 @@ LAYERS = [
     ('data',),                                 # datasets
     ('metrics',),                              # metrics and losses
     ('recipe',),                               # the recipe schema
+    ('monitor',),                              # per-step training diagnostics
     ('engine',),                               # training
     ('stats', 'evaluation'),                   # evaluation and its uncertainty
     ('efficiency', 'publish', 'export'),       # the zoo's jobs

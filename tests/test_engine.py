@@ -3,6 +3,7 @@ import json
 import socket
 
 import pytest
+import timm
 import torch
 import yaml
 
@@ -32,8 +33,11 @@ def test_run_writes_publishable_folder(tmp_path):
         assert (tmp_path / f).is_file(), f
     r = json.loads((tmp_path / 'results.json').read_text())
     assert list(r) == ['model', 'model_args', 'dataset', 'task', 'data_spec', 'neuron', 'params', 'macs', 'macs_input',
-                       'val', 'test', 'primary_metric', 'epochs', 'selected_epoch', 'selection', 'seed', 'wall_time_s',
-                       'device', 'world_size', 'torch', 'qzoo', 'recipe', 'recipe_sha256', 'data', 'smoke']
+                       'val', 'test', 'primary_metric', 'epochs', 'selected_epoch', 'selection', 'divergence', 'seed',
+                       'wall_time_s', 'device', 'world_size', 'torch', 'timm', 'qzoo', 'code', 'amp', 'channels_last',
+                       'recipe', 'recipe_sha256', 'data', 'smoke']
+    assert r['divergence'] is None and r['amp'] == 'off' and r['channels_last'] is False
+    assert len(r['code']['source_sha256']) == 64 and r['timm'] == timm.__version__
     assert r['dataset'].startswith('synthetic-circles') and r['params'] == res['params'] > 0 and r['macs'] > 0
     assert set(r['val']) == set(r['test']) == {'top1', 'macro_f1'}  # 2 classes: no top5
     assert r['selection'].startswith('best validation') and 0 <= r['selected_epoch'] < 2
