@@ -4,7 +4,8 @@ front matter) and ``MODEL_CARDS.md``, the zoo's index.
 A published checkpoint's card is written from its :class:`~qzoo.weights.Weights` record
 (carried in its ``config.json`` under ``qzoo.weights``); a folder saved by
 :func:`qzoo.hub.save_pretrained` outside the zoo gets a shorter card from its config.json.
-This module formats only: it reads no files and imports nothing else of qzoo.
+This module formats only: it reads no files and imports nothing of qzoo but the divergence rule's wording
+(:mod:`qzoo.divergence`).
 """
 from __future__ import annotations
 
@@ -63,7 +64,16 @@ def _training_lines(w: Mapping[str, Any]) -> List[str]:
              f"`{str(t.get('recipe_sha256', '?'))[:16]}…`)",
              f"- **selection**: {t.get('selection', '?')} — epoch {t.get('selected_epoch', '?')} of "
              f"{t.get('epochs', '?')}; the test split was used once, for the numbers above",
-             f"- **trained on**: {t.get('device', '?')}, {_duration(t.get('wall_time_s'))}, torch {t.get('torch', '?')}"]
+             _trained_on(t)]
+    for chosen in (t.get('provenance') or {}).get('chosen') or ():
+        lines.append(f'- **chosen on validation**: {chosen}')
+    if t.get('divergence'):
+        lines.append(f"- **training diverged**: {_divergence_sentence(t['divergence'], t.get('selected_epoch'))}")
+    elif t.get('nonfinite'):
+        from .divergence import describe_nonfinite
+        lines.append(f"- **numerical instability**: {describe_nonfinite(t['nonfinite'], (t.get('splits') or {}).get('val'))}"
+                     f"; fewer than a tenth of them, so not a divergence (qzoo.divergence); the weights are those of "
+                     f"epoch {t.get('selected_epoch')}, whose outputs are finite")
     if t.get('splits'):
         lines.append('- **data**: ' + ', '.join(f'{k} {v:,}' for k, v in t['splits'].items()) +
                      f" samples of `{w['dataset']}` (qzoo.data `{w['data_spec']['name']}`, options "
@@ -73,6 +83,29 @@ def _training_lines(w: Mapping[str, Any]) -> List[str]:
         lines.append(f"- **at training** (evaluated on {at.get('device', '?')} at the end of the run): "
                      + '; '.join(f'{s} {_metrics(at.get(s) or {})}' for s in ('val', 'test')))
     return lines
+
+
+def _trained_on(t: Mapping[str, Any]) -> str:
+    """'- **trained on**: NVIDIA H200, bfloat16 autocast, channels_last, 4.0 min, torch 2.11.0+cu130, timm 1.0.31,
+    code 7e66537'."""
+    pv = t.get('provenance') or {}
+    parts = [str(t.get('device', '?'))]
+    if pv:
+        parts.append(_precision(pv.get('amp') or 'off'))
+        parts.append('channels_last' if pv.get('channels_last') else 'contiguous (NCHW) memory format')
+    parts += [_duration(t.get('wall_time_s')), f"torch {t.get('torch', '?')}"]
+    if pv:
+        parts.append(f"timm {pv.get('timm') or 'not recorded'}")
+        code = pv.get('commit') or (f"source sha256 {pv['source_sha256'][:12]}…" if pv.get('source_sha256') else
+                                    'not recorded')
+        parts.append(f'code {code}')
+    return '- **trained on**: ' + ', '.join(parts)
+
+
+def _divergence_sentence(d: Mapping[str, Any], selected_epoch) -> str:
+    """The card's divergence note (qzoo.divergence.Divergence.sentence, from the record's dict)."""
+    from .divergence import Divergence
+    return Divergence.from_dict(d).sentence(selected_epoch)
 
 
 def _weights_line(w: Mapping[str, Any]) -> str:
@@ -100,8 +133,36 @@ def _usage(w: Mapping[str, Any]) -> List[str]:
             '```']
 
 
-def published_card(w: Mapping[str, Any]) -> str:
-    """The card of a published checkpoint, from its record as a dict (:meth:`Weights.to_dict`)."""
+def _precision(amp) -> str:
+    return '?' if amp is None else 'float32' if amp == 'off' else f'{amp} autocast'
+
+
+def _settings(s: Mapping[str, Any]) -> str:
+    return ', '.join(f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}' for k, v in s.items())
+
+
+def _related_lines(w: Mapping[str, Any], related: List[Mapping[str, Any]]) -> List[str]:
+    """'## Other runs of this architecture': one line per other experiment, with what differs."""
+    if not related:
+        return []
+    mine = w.get('training', {})
+    lines = ['## Other runs of this architecture', '',
+             f"This run: {mine.get('device', '?')}, {_precision((mine.get('provenance') or {}).get('amp'))}, "
+             f"{_settings(mine.get('key_settings') or {}) or 'settings not recorded'}; test {w['primary_metric']} "
+             f"{_fmt(w['test'][w['primary_metric']])}" + (', diverged' if mine.get('divergence') else '') + '.', '']
+    for r in related:
+        seeds = len(r['seeds'])
+        lines.append(f"- `{w['architecture']}.{r['experiment']}` on `{r['dataset']}` ({seeds} seed"
+                     f"{'s' if seeds > 1 else ''}): test {r['metric']} {_fmt(r['mean'])}"
+                     + (' (mean)' if seeds > 1 else '') + f"; {r.get('device') or '?'}, {_precision(r.get('amp'))}, "
+                     f"{_settings(r.get('settings') or {}) or 'settings not recorded'}"
+                     + (f"; {r['diverged']} of {seeds} diverged" if r.get('diverged') else '; none diverged'))
+    return lines + ['']
+
+
+def published_card(w: Mapping[str, Any], related: Optional[List[Mapping[str, Any]]] = None) -> str:
+    """The card of a published checkpoint, from its record as a dict (:meth:`Weights.to_dict`) and the summaries
+    of its architecture's other experiments (``related``)."""
     name = f"{w['architecture']}.{w['experiment']}-s{w['seed']}"
     default = (f"**Yes**: `pretrained=True` on `{w['architecture']}` loads these weights. {w['default_reason']}"
                if w.get('default') else f"no (see `{w['architecture']}`'s default in MODEL_CARDS.md)")
@@ -120,7 +181,7 @@ def published_card(w: Mapping[str, Any]) -> str:
         _weights_line(w),
         f"- **classes** (output order): {', '.join(w['label_names'])}" if w.get('label_names') else
         f"- **output**: {w['num_classes']} channel(s) ({w['task']})",
-        f"- **license**: {w['license']}", '', '## Use', ''] + _usage(w) + [
+        f"- **license**: {w['license']}", ''] + _related_lines(w, related or []) + ['## Use', ''] + _usage(w) + [
         '', '## Citation', '', '```bibtex', CITATION, '```', '']
     return '\n'.join(lines)
 
@@ -130,7 +191,7 @@ def model_card(config: Mapping[str, Any], name: Optional[str] = None) -> str:
     (``qzoo.weights``), else a short card for a folder saved by ``save_pretrained``."""
     qz = config.get('qzoo', {})
     if qz.get('weights'):
-        return published_card(qz['weights'])
+        return published_card(qz['weights'], qz.get('related'))
     pc = config.get('pretrained_cfg', {})
     res = qz.get('results') or {}
     name = name or config['architecture']

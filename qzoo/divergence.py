@@ -7,11 +7,13 @@ where either
   epochs before ``e``) by more than ``m`` itself (it more than doubled) *and* by more than a quarter of
   what training had gained by then (``L0 - m``, with ``L0`` the first epoch's loss): the second
   condition keeps the noise of losses near zero (0.002 -> 0.005) from counting; or
-* ``nonfinite``: the model's validation outputs held NaN or inf values (``val_nonfinite`` in the log).
+* ``nonfinite``: the model's outputs were NaN or inf for at least a tenth of the validation examples
+  (``val_nonfinite`` in the log; :data:`NONFINITE_SHARE`): the model as evaluated is broken. Fewer
+  non-finite outputs are an instability worth reporting (:func:`nonfinite_epochs`), not a divergence.
 
 It **recovered** when a later epoch had a training loss at or below ``m`` and finite validation
 outputs. :func:`detect` applies the rule to log records (``log.jsonl``: ``epoch``, ``train_loss``,
-optionally ``val_nonfinite``), so it works for runs trained before it existed; the engine calls it
+optionally ``val_nonfinite``) and the validation split's size, so it works for runs trained before it existed; the engine calls it
 after every epoch (a warning the moment it happens, and ``results.json``'s ``divergence``),
 publishing stores it in the weights record, and the card, ``results/efficiency.md``, the Pareto
 plots and the README read it from there.
@@ -25,12 +27,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-__all__ = ['Divergence', 'detect', 'read_log', 'RISE', 'GAIN_SHARE']
+__all__ = ['Divergence', 'detect', 'nonfinite_epochs', 'describe_nonfinite', 'read_log', 'RISE', 'GAIN_SHARE', 'NONFINITE_SHARE']
 
 #: the loss must exceed the running minimum m by more than RISE * m (RISE = 1: it more than doubles) ...
 RISE = 1.0
 #: ... and by more than GAIN_SHARE of what training had gained by then (L0 - m)
 GAIN_SHARE = 0.25
+#: non-finite outputs on at least this share of the validation examples are a divergence
+NONFINITE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,12 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def detect(log: Sequence[Mapping[str, Any]], warmup_epochs: float = 0.0) -> Optional[Divergence]:
-    """The first divergence in epoch records ``log`` (in epoch order), or None (see the module doc).
-    A record whose training loss is missing or not finite counts as a loss divergence with ``loss`` inf."""
+def detect(log: Sequence[Mapping[str, Any]], warmup_epochs: float = 0.0,
+           n_val: Optional[int] = None) -> Optional[Divergence]:
+    """The first divergence in epoch records ``log`` (in epoch order), or None (see the module doc); ``n_val`` is
+    the number of validation examples (None: unknown, and any non-finite output counts). A record whose training
+    loss is missing or not finite counts as a loss divergence with ``loss`` inf."""
+    limit = 1 if not n_val else max(1, math.ceil(NONFINITE_SHARE * n_val))
     start = math.ceil(max(0.0, float(warmup_epochs or 0.0)))
     recs = sorted((r for r in log if isinstance(r, Mapping) and isinstance(r.get('epoch'), int)),
                   key=lambda r: r['epoch'])
@@ -98,7 +105,7 @@ def detect(log: Sequence[Mapping[str, Any]], warmup_epochs: float = 0.0) -> Opti
         loss, bad = losses[i], int(r.get('val_nonfinite') or 0)
         if r['epoch'] >= start and math.isfinite(m):
             jump = loss - m > RISE * m and loss - m > GAIN_SHARE * (first - m)
-            if jump or bad > 0:
+            if jump or bad >= limit:
                 return _with_recovery(recs[i:], losses[i:], r['epoch'], 'loss' if jump else 'nonfinite', m, bad)
         m = min(m, loss)
     return None
@@ -109,6 +116,20 @@ def _with_recovery(rest: List[Mapping[str, Any]], losses: List[float], epoch: in
     back = next((r['epoch'] for r, l in zip(rest[1:], losses[1:]) if l <= m and not r.get('val_nonfinite')), None)
     return Divergence(epoch=epoch, trigger=trigger, loss_before=m, loss=losses[0], nonfinite=bad,
                       recovered=back is not None, recovered_epoch=back, peak_loss=max(losses))
+
+
+def nonfinite_epochs(log: Sequence[Mapping[str, Any]]) -> List[List[int]]:
+    """``[[epoch, count], ...]``: the epochs whose validation outputs held NaN/inf values, and how many."""
+    return [[r['epoch'], int(r['val_nonfinite'])] for r in log
+            if isinstance(r, Mapping) and isinstance(r.get('epoch'), int) and r.get('val_nonfinite')]
+
+
+def describe_nonfinite(events: Sequence[Sequence[int]], n_val: Optional[int] = None) -> str:
+    """'validation outputs were NaN or inf at epochs 1, 2 (at most 2 of 67 examples)'."""
+    epochs = ', '.join(str(e) for e, _ in events)
+    most = max(c for _, c in events)
+    return (f'validation outputs were NaN or inf at epoch{"s" if len(events) > 1 else ""} {epochs} (at most '
+            f'{most:,}' + (f' of {n_val:,}' if n_val else '') + ' examples)')
 
 
 def read_log(lines: Iterable[str]) -> List[Dict[str, Any]]:

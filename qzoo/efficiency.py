@@ -60,7 +60,7 @@ CSV_COLUMNS = ['dataset', 'title', 'model', 'group', 'family', 'neuron', 'params
                'secondary_std', 'test_stride', 'nonoverlap_stride', 'nonoverlap_mean', 'nonoverlap_lo',
                'nonoverlap_hi', 'conv_params_at_equal_metric', 'params_saved', 'params_saved_lo', 'params_saved_hi',
                'params_saved_defined', 'params_saved_verdict', 'metric_gain_at_equal_params', 'gain_lo', 'gain_hi',
-               'gain_defined', 'gain_verdict', 'external', 'checkpoints', 'note']
+               'gain_defined', 'gain_verdict', 'external', 'diverged', 'checkpoints', 'note']
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -391,6 +391,19 @@ def _group_info(groups: Dict[str, List[Job]], summ) -> Dict[str, Dict[str, Any]]
     return info
 
 
+def divergence_note(js: List[Job]) -> Tuple[int, str]:
+    """(seeds that diverged, a note naming each: 's0 diverged at epoch 22 (loss 0.503 → 2.16), never recovered;
+    weights of epoch 21') from the records' ``training.divergence`` (:mod:`qzoo.divergence`)."""
+    from .divergence import Divergence
+    notes = []
+    for j in js:
+        t = (j.record.training or {}) if j.record is not None else {}
+        d = Divergence.from_dict(t.get('divergence'))
+        if d is not None:
+            notes.append(f's{j.record.seed} {d.short()}; weights of epoch {t.get("selected_epoch")}')
+    return len(notes), '; '.join(notes)
+
+
 def _group_row(g: str, js: List[Job], summ, ctx: Dict[str, Any]) -> Dict[str, Any]:
     """One table row: the group's mean over seeds with its interval (and the secondary metric's, the
     non-overlapping CWRU accuracy's), and for a quadratic group the derived numbers."""
@@ -412,6 +425,8 @@ def _group_row(g: str, js: List[Job], summ, ctx: Dict[str, Any]) -> Dict[str, An
         row.update(nonoverlap_stride=non['stride'], nonoverlap_mean=n_mean, nonoverlap_lo=iv.lo, nonoverlap_hi=iv.hi)
     if d['family'] == 'quadratic':
         row.update(_quadratic_fields(g, ctx['info'], ctx['pder'], ctx['der'], metric, mean, ctx['higher']))
+    row['diverged'], why = divergence_note(js)
+    row['note'] = '; '.join(filter(None, [why, row.get('note', '')]))
     return row
 
 
@@ -611,8 +626,23 @@ _LABEL = {'top1': 'top-1 accuracy', 'iou': 'IoU', 'mse': 'MSE'}
 
 
 def _short_name(r: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
+    """The model's name, or, when two groups of a table share it (e.g. one architecture trained on two devices),
+    its group name '<model>.<experiment>'."""
     same = [x for x in rows if x['model'] == r['model']]
     return r['model'] if len(same) == 1 else r['group']
+
+
+def plot_label(r: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
+    """A point's label in a Pareto plot: the model, with what tells its experiment apart from the other groups
+    of the same model ('qresnet20_w8 [e40-cpu]'), and a dagger when a seed diverged."""
+    same = [x for x in rows if x['model'] == r['model'] and x['group'] != r['group']]
+    label = r['model'] if r['family'] != 'external' else r['group']
+    if same:
+        exp = r['group'].split('.', 1)[1]
+        common = os.path.commonprefix([exp] + [x['group'].split('.', 1)[1] for x in same])
+        tail = exp[len(common):].strip('-') if len(common) < len(exp) else ''
+        label += f" [{tail or exp}]"
+    return label + (' †' if r.get('diverged') else '')
 
 
 def _undefined_reason(r: Dict[str, Any], key: str, conv_params: List[int]) -> str:
@@ -673,11 +703,25 @@ def summary_sentence(t: Dict[str, Any]) -> str:
     saved = _clause(f'parameters saved at equal {label}', quads, rows, '_saved', 'params_saved', 'params_saved', _pct)
     gain = _clause(f'gain at equal parameters ({unit})', quads, rows, '_gain', 'metric_gain_at_equal_params', 'gain',
                    gf)
-    return f'{head}: {saved}; {gain}.'
+    return f'{head}: {saved}; {gain}.' + _diverged_clause(rows)
+
+
+def _diverged_clause(rows: List[Dict[str, Any]]) -> str:
+    """' Training diverged for a seed of qresnet20_w8 (s0 at epoch 22, never recovered), ...: their numbers are
+    those of the best validation epoch before it (see the cards).' ('' when no run diverged)."""
+    hit = [r for r in rows if r.get('diverged')]
+    if not hit:
+        return ''
+    items = [f"{_short_name(r, rows)} ({r['diverged']} of {r['n_seeds']} seed{'s' if r['n_seeds'] > 1 else ''})"
+             for r in hit]
+    return (' Training diverged (†, `qzoo.divergence`) for ' + ', '.join(items) + '; a diverged run\'s number is '
+            'that of its best validation epoch, and its card and the table\'s note say when it diverged.')
 
 
 def _model_cell(r: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
     seeds = f"{r['n_seeds']} seed" + ('s' if r['n_seeds'] > 1 else '')
+    if r.get('diverged'):
+        seeds += f", {r['diverged']} diverged †"
     mf = _m(r['mean'], r['metric'])
     return (f"`{_short_name(r, rows)}` ({r['params']:,} params, {seeds}): {mf} "
             f"[{_m(r['mean_lo'], r['metric'])}, {_m(r['mean_hi'], r['metric'])}]")
@@ -791,14 +835,20 @@ def figure(t: Dict[str, Any]):
         rs = [r for r in t['rows'] if r['family'] == fam]
         if not rs:
             continue
-        x, y = [r['params'] for r in rs], [r['mean'] for r in rs]
-        err = [[r['mean'] - r['mean_lo'] for r in rs], [r['mean_hi'] - r['mean'] for r in rs]]
-        ax.errorbar(x, y, yerr=err, fmt=marker, color=color, capsize=3, ms=6,
-                    label={'external': 'external hub checkpoint'}.get(fam, fam) + ' (95% CI)')
+        for diverged in (False, True):
+            part = [r for r in rs if bool(r.get('diverged')) == diverged]
+            if not part:
+                continue
+            x, y = [r['params'] for r in part], [r['mean'] for r in part]
+            err = [[r['mean'] - r['mean_lo'] for r in part], [r['mean_hi'] - r['mean'] for r in part]]
+            name = {'external': 'external hub checkpoint'}.get(fam, fam)
+            ax.errorbar(x, y, yerr=err, fmt=marker, color=color, capsize=3, ms=7 if diverged else 6,
+                        mfc='white' if diverged else color, mew=1.5,
+                        label=name + (', a seed diverged (†)' if diverged else '') + ' (95% CI)')
         if fam != 'external':
-            curve = frontier(list(zip(x, y)), t['higher'])
+            curve = frontier([(r['params'], r['mean']) for r in rs], t['higher'])
             ax.plot([p for p, _ in curve], [m for _, m in curve], '-', color=color, alpha=0.5)
-        labels += [(r['model'] if fam != 'external' else r['group'], r['params'], r['mean'], color) for r in rs]
+        labels += [(plot_label(r, t['rows']), r['params'], r['mean'], color) for r in rs]
     ps = [r['params'] for r in t['rows']]
     ax.set_xscale('log')
     ax.set_xlim(min(ps) / 1.6, max(ps) * 1.6)

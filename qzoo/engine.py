@@ -56,7 +56,7 @@ from .monitor import StepMonitor
 from .recipe import Recipe, load_recipe, recipe_help
 from .relinear import param_groups
 
-__all__ = ['train', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged', 'CheckpointWriteError', 'CheckpointError',
+__all__ = ['train', 'warm_start', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged', 'CheckpointWriteError', 'CheckpointError',
            'RecipeError', 'RunDirError']
 
 CKPT, BEST, LOG, LOCK, MONITOR = 'last.ckpt', 'best.safetensors', 'log.jsonl', 'train.lock', 'monitor.jsonl'
@@ -529,7 +529,7 @@ def _train_epoch(s: _Setup, run: RunDir, epoch: int) -> Tuple[float, int, float,
 def _warn_divergence(s: _Setup, run: RunDir, p: _Progress) -> None:
     """Warn (:class:`~qzoo.errors.DivergenceWarning`) the first time the log shows a divergence
     (:func:`qzoo.divergence.detect`); training goes on, and results.json records it."""
-    d = detect(run.records(), s.recipe.warmup_epochs)
+    d = detect(run.records(), s.recipe.warmup_epochs, len(s.ds.val.x))
     if d is None or p.divergence is not None:
         return
     p.divergence = d
@@ -609,7 +609,8 @@ def _finish(s: _Setup, run: RunDir, p: _Progress, smoke: bool, recipe_path: Opti
         if not s.dist.main:
             return {}
     wall = p.wall()
-    results = _results(s, _select(s, run, p), wall, smoke, recipe_path, detect(run.records(), s.recipe.warmup_epochs))
+    results = _results(s, _select(s, run, p), wall, smoke, recipe_path,
+                       detect(run.records(), s.recipe.warmup_epochs, len(s.ds.val.x)))
     try:
         save_pretrained(s.model, run.path, results=results)
     except OSError as e:
@@ -636,10 +637,12 @@ def _as_recipe(recipe: Union[Recipe, Mapping[str, Any]]) -> Recipe:
 
 
 def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = False, smoke: bool = False,
-          recipe_path: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+          recipe_path: Optional[str] = None, progress: bool = True, until_epoch: Optional[int] = None) -> Dict[str, Any]:
     """Run ``recipe`` into folder ``out_dir``; returns the results dict (also results.json; ``{}`` on DDP
     ranks other than 0). ``resume`` continues from ``out_dir/last.ckpt``; ``smoke`` runs
-    :meth:`Recipe.for_smoke` on a slice of the data; ``recipe_path`` is recorded in results.json."""
+    :meth:`Recipe.for_smoke` on a slice of the data; ``recipe_path`` is recorded in results.json.
+    ``until_epoch``: stop once the epochs before it are done, without the selection and test evaluation
+    (returns ``{}``; ``resume`` continues): a long run in slices, or a look at a few epochs of it."""
     r = _as_recipe(recipe)
     if smoke:
         r = r.for_smoke()
@@ -655,7 +658,7 @@ def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = Fals
             run.write_text('recipe.yaml', r.to_yaml())
         bar = _progress_bar(r, p.start_epoch, progress and dist.main)
         p.session_start = time.time()
-        for epoch in range(p.start_epoch, r.epochs):
+        for epoch in range(p.start_epoch, r.epochs if until_epoch is None else min(r.epochs, until_epoch)):
             loss, n_seen, secs, watched = _train_epoch(s, run, epoch)
             rec = _end_epoch(s, run, p, epoch, loss, n_seen, secs, watched)
             if bar is not None:
@@ -663,7 +666,39 @@ def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = Fals
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if until_epoch is not None and until_epoch < r.epochs:
+            return {}
         return _finish(s, run, p, smoke, recipe_path)
+
+
+def warm_start(recipe: Union[Recipe, Mapping[str, Any]], weights, epoch: int, out_dir) -> Path:
+    """Prepare run folder ``out_dir`` so that ``train(recipe, out_dir, resume=True)`` continues the recipe at epoch
+    ``epoch`` from ``weights`` (a weights file, e.g. a run's model.safetensors saved at epoch ``epoch - 1``) with a
+    fresh optimizer state (empty momentum buffers): the learning rate, data order and augmentation are those of
+    epoch ``epoch`` of the recipe. For studying what a saved state does next (e.g. a blow-up that followed it);
+    returns the checkpoint's path. The folder must not hold a run."""
+    from .hub import load_weights
+    r = _as_recipe(recipe)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 < epoch < r.epochs:
+        raise ValueError(f'warm_start: epoch must be a whole number in [1, {r.epochs - 1}] (the recipe has '
+                         f'{r.epochs} epochs), got {epoch!r}')
+    dist = Dist()
+    device = _device(r.device, dist)
+    with RunDir(out_dir) as run:
+        if run.file(CKPT).exists() or run.file(LOG).exists():
+            raise RunDirError(f'{run.path} already holds a run; warm-start into an empty folder')
+        s = _build(r, dist, device, False)
+        s.model.load_state_dict(load_weights(weights, fix='give a weights file of this recipe\'s model')[0])
+        step = epoch * len(s.train_loader)
+        for group, base, lam in zip(s.opt.param_groups, s.sched.base_lrs, s.sched.lr_lambdas):
+            group['lr'] = base * lam(step)
+        s.sched.last_epoch, s.sched._last_lr = step, [g['lr'] for g in s.opt.param_groups]
+        _save_checkpoint(run, dict(model=s.model.state_dict(), optimizer=s.opt.state_dict(),
+                                   scheduler=s.sched.state_dict(), epoch=epoch - 1, best=None, best_epoch=None,
+                                   rng=_rng_state(device), recipe_sha256=r.sha256(), wall_time_s=0.0))
+        run.write_text('recipe.yaml', r.to_yaml())
+        run.write_text(LOG, '')
+    return Path(out_dir) / CKPT
 
 
 # ---- the command line ------------------------------------------------------------------------
@@ -696,6 +731,8 @@ def _train_parser() -> argparse.ArgumentParser:
     ap.add_argument('--out', help='output folder (default runs/<name>-s<seed>)')
     ap.add_argument('--resume', action='store_true', help='continue from <out>/last.ckpt')
     ap.add_argument('--smoke', action='store_true', help='tiny slice, 1 epoch, on CPU')
+    ap.add_argument('--until-epoch', type=int, metavar='E',
+                    help='stop after the epochs before E (no selection or test yet); --resume continues')
     ap.add_argument('--no-progress', action='store_true')
     ap.add_argument('overrides', nargs='*', help='key=value recipe overrides')
     return ap
@@ -709,7 +746,7 @@ def main(argv=None) -> int:
         recipe = load_recipe(args.config, args.overrides)
         out = args.out or f'runs/{recipe.name}-s{recipe.seed}' + ('-smoke' if args.smoke else '')
         res = train(recipe, out, resume=args.resume, smoke=args.smoke, recipe_path=args.config,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, until_epoch=args.until_epoch)
     except CLI_ERRORS as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -719,4 +756,6 @@ def main(argv=None) -> int:
     if res:
         print(json.dumps({k: res[k] for k in ('model', 'dataset', 'params', 'macs', 'val', 'test', 'selected_epoch',
                                               'wall_time_s')}))
+    elif args.until_epoch is not None:
+        print(f'stopped before epoch {args.until_epoch}: --resume continues', file=sys.stderr)
     return 0

@@ -13,8 +13,9 @@ moves the primary test metric by at most :data:`FP16_TOLERANCE` points (measured
 evaluating both), else in float32; the published metrics are those of the stored weights.
 
 Each architecture's default weights (what ``pretrained=True`` loads) follow one stated rule
-(:func:`choose_default`): its preferred experiment (:data:`PREFERRED_EXPERIMENT`), then the
-seed with the median validation metric, so the default is a typical run, not the luckiest.
+(:func:`choose_default`): among its runs that did not diverge (:mod:`qzoo.divergence`; all runs
+when every one did), its preferred experiment (:data:`PREFERRED_EXPERIMENT`), then the seed with
+the median validation metric, so the default is a typical run, not the luckiest.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -61,14 +62,34 @@ def index_path() -> Optional[Path]:
     return root / 'MODEL_CARDS.md' if (root / 'pyproject.toml').is_file() else None
 
 
-def write_folder_metadata(w: Weights, folder: Optional[Path] = None) -> None:
-    """(Re)write ``config.json`` and ``README.md`` of ``w``'s folder (or ``folder``) from the record."""
+def related_experiments(w: Weights, records: Dict[str, Weights]) -> List[Dict[str, Any]]:
+    """The other experiments of ``w``'s architecture (on any dataset), one summary each: its seeds' mean test
+    metric, device, autocast dtype, key settings and how many seeds diverged (a card compares them)."""
+    groups: Dict[str, List[Weights]] = {}
+    for o in records.values():
+        if o.architecture == w.architecture and o.group != w.group:
+            groups.setdefault(o.experiment, []).append(o)
+    out = []
+    for exp, ws in sorted(groups.items()):
+        t = ws[0].training or {}
+        out.append(dict(experiment=exp, dataset=ws[0].dataset, seeds=sorted(o.seed for o in ws),
+                        metric=ws[0].primary_metric, mean=statistics.fmean(o.metric for o in ws),
+                        device=t.get('device'), amp=(t.get('provenance') or {}).get('amp'),
+                        settings=t.get('key_settings') or {}, diverged=sum(1 for o in ws if _diverged(o))))
+    return out
+
+
+def write_folder_metadata(w: Weights, folder: Optional[Path] = None,
+                          records: Optional[Dict[str, Weights]] = None) -> None:
+    """(Re)write ``config.json`` and ``README.md`` of ``w``'s folder (or ``folder``) from the record (and the
+    records of its architecture's other experiments, default the published ones, which the card compares)."""
     folder = Path(folder or w.folder)
     with torch.device('meta'):
         model = create_model(w.architecture, **dict(w.model_args))
     model.pretrained_cfg = dict(tag_cfg(w), architecture=w.architecture, tag=w.tag)
     model._model_args = dict(w.model_args)
-    qz = dict(sha256=w.sha256, neuron=w.neuron, params=w.params, weights_dtype=w.weights_dtype, weights=w.to_dict())
+    qz = dict(sha256=w.sha256, neuron=w.neuron, params=w.params, weights_dtype=w.weights_dtype, weights=w.to_dict(),
+              related=related_experiments(w, all_weights() if records is None else records))
     config = write_config(model, folder / 'config.json', qz, w.label_names)
     atomic_write_text(folder / 'README.md', model_card(config))
 
@@ -87,10 +108,20 @@ def _write_index(records: Dict[str, Weights]) -> None:
 
 
 # ---- defaults ----------------------------------------------------------------------------------
+def _diverged(w: Weights) -> bool:
+    return bool((w.training or {}).get('divergence'))
+
+
 def choose_default(records: List[Weights]) -> Tuple[Weights, str]:
     """The default among one architecture's records, and the reason, by the module's rule."""
     if not records:
         raise ValueError('choose_default needs at least one record')
+    stable = [w for w in records if not _diverged(w)]
+    if stable and len(stable) < len(records):
+        pick, why = choose_default(stable)
+        n = len(records) - len(stable)
+        return pick, (f'Runs whose training diverged are not defaults while a run that did not diverge exists '
+                      f'({n} of {len(records)} published runs of this architecture diverged). {why}')
     experiments = sorted({w.experiment for w in records})
     pref = PREFERRED_EXPERIMENT.get(records[0].data_spec['name'])
     if pref and pref[0] in experiments:
@@ -108,7 +139,9 @@ def choose_default(records: List[Weights]) -> Tuple[Weights, str]:
         vals = ', '.join(f's{w.seed} {w.val[metric]:.2f}' for w in sorted(seeds, key=lambda w: w.seed))
         seed_why = (f'seed {pick.seed}: the median validation {metric} of its {len(seeds)} seeds ({vals}), so the '
                     f'default is a typical run, not the luckiest')
-    return pick, f'Experiment `{exp}`: {why}. {seed_why[0].upper() + seed_why[1:]}.'
+    every = (f' Every published run of this architecture diverged (see the card\'s training notes); these are the '
+             f'weights of its best validation epoch.' if _diverged(pick) else '')
+    return pick, f'Experiment `{exp}`: {why}. {seed_why[0].upper() + seed_why[1:]}.{every}'
 
 
 def _apply_defaults(records: Dict[str, Weights], pinned: Optional[Dict[str, Tuple[str, str]]] = None
@@ -160,18 +193,40 @@ def _commit(records: Dict[str, Weights], changed: List[str]) -> None:
     register_all()  # timm's cfgs follow the new records
     for w in records.values():
         if w.architecture in changed or old.get(w.name) != w:
-            write_folder_metadata(w)
+            write_folder_metadata(w, records=records)
     _write_index(records)
+
+
+def _rederived(w: Weights) -> Weights:
+    """``w`` with what its folder's own files determine recomputed: the divergence (the rule of
+    :mod:`qzoo.divergence` applied to ``log.jsonl.gz`` and ``recipe.yaml``) and, for records published before
+    provenance was recorded, the autocast dtype and memory format the recipe's rule gave on its device."""
+    import gzip
+    import yaml
+    from .divergence import read_log
+    folder = w.folder
+    if not (folder / LOG_NAME).is_file() or not (folder / 'recipe.yaml').is_file():
+        return w
+    ran = yaml.safe_load((folder / 'recipe.yaml').read_text()) or {}
+    log = read_log(gzip.decompress((folder / LOG_NAME).read_bytes()).decode().splitlines())
+    training = dict(w.training, **_stability(log, ran, (w.training.get('splits') or {}).get('val')),
+                    key_settings=key_settings(ran))
+    if not training.get('provenance'):
+        image = len(w.input_size) == 3 and w.input_size[1] > 1 and w.input_size[2] > 1
+        amp, cl = _effective({'device': training.get('device')}, ran, (0, 0, 0) if image else (0, 0))
+        training['provenance'] = dict(amp=amp, channels_last=cl, timm=None, commit=None, source_sha256=None, chosen=[])
+    return _replace(w, training=training)
 
 
 def refresh() -> int:
     """Regenerate every folder's config.json and card, the defaults, the manifest and the index from the
-    records (weights untouched). Returns the number of checkpoints."""
-    records = _apply_defaults(dict(all_weights()), _pinned(all_weights()))
+    records and the folders' own files (weights untouched). Returns the number of checkpoints."""
+    derived = {n: _rederived(w) for n, w in all_weights().items()}
+    records = _apply_defaults(derived, _pinned(derived))
     _write_manifest(records)
     register_all()
     for w in records.values():
-        write_folder_metadata(w)
+        write_folder_metadata(w, records=records)
     _write_index(records)
     return len(records)
 
@@ -267,12 +322,125 @@ def _read_run(run: Path) -> Dict[str, Any]:
     return results
 
 
-def _record(results, run, variant, args, experiment, here, dtype, check, sha, ds) -> Weights:
+def _ran_recipe(run: Path) -> Dict[str, Any]:
+    import yaml
+    try:
+        ran = yaml.safe_load((run / 'recipe.yaml').read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RunDirError(f'{run / "recipe.yaml"} cannot be read ({e}). Fix: re-run the training') from None
+    if not isinstance(ran, dict):
+        raise RunDirError(f'{run / "recipe.yaml"} is not a recipe mapping. Fix: re-run the training')
+    return ran
+
+
+def _effective(results: Dict[str, Any], ran: Dict[str, Any], in_shape) -> Tuple[str, bool]:
+    """(autocast dtype, channels_last) the run trained with: results.json says so since they were recorded;
+    older runs get them from the recipe's rule (auto: bf16 and channels_last for images on CUDA)."""
+    gpu = not str(results.get('device', 'CPU')).startswith('CPU')
+    amp = results.get('amp') or ('bfloat16' if ran.get('amp') == 'bf16' or (ran.get('amp') == 'auto' and gpu)
+                                 else 'off')
+    cl = results.get('channels_last')
+    if cl is None:
+        cl = ran.get('channels_last') is True or (ran.get('channels_last') == 'auto' and gpu and len(in_shape) == 3)
+    return amp, bool(cl)
+
+
+def read_launch_logs(folder) -> Dict[str, Any]:
+    """What a ``qzoo launch`` device call's logs (an unpacked logs.tar.gz) say about the runs it made: the timm
+    and torch versions (environment.txt) and the values chosen on validation (choice.json)."""
+    import re
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunDirError(f'--launch-logs {folder} is not a folder. Fix: unpack the call\'s logs.tar.gz and give '
+                          'its folder')
+    out: Dict[str, Any] = {'choices': {}}
+    env = folder / 'environment.txt'
+    if env.is_file():
+        first = env.read_text(errors='replace').splitlines()[:1]
+        for key in ('torch', 'timm'):
+            m = re.search(rf'\b{key} ([^\s,]+)', first[0]) if first else None
+            if m:
+                out[key] = m.group(1)
+    choice = folder / 'choice.json'
+    if choice.is_file():
+        try:
+            out['choices'] = json.loads(choice.read_text())
+        except ValueError as e:
+            raise RunDirError(f'{choice} is not JSON ({e}). Fix: unpack the call\'s logs.tar.gz again') from None
+    return out
+
+
+def _chosen(ran: Dict[str, Any], launch: Dict[str, Any]) -> List[str]:
+    """The run's hyper-parameters that its launch chose on validation (a preset's sweep), in words."""
+    out = []
+    for swept, c in sorted((launch.get('choices') or {}).items()):
+        value = c.get('quad_lr_scale')
+        try:
+            same = value is not None and float(value) == float(ran.get('quad_lr_scale'))
+        except (TypeError, ValueError):
+            same = False
+        if same:
+            out.append(f"quad_lr_scale={value}, chosen by a `qzoo launch` validation sweep of `{swept}` (best "
+                       f"validation {c.get('metric')} {float(c.get('val')):.2f}, run `{c.get('run')}`)")
+    return out
+
+
+def _provenance(results: Dict[str, Any], ran: Dict[str, Any], in_shape, launch: Optional[Dict[str, Any]],
+                commit: Optional[str]) -> Dict[str, Any]:
+    """How the run was made, from its own files (results.json, recipe.yaml) and, for runs trained before
+    results.json recorded everything, its launch's logs and the commit it ran (``--commit``)."""
+    launch = launch or {}
+    amp, cl = _effective(results, ran, in_shape)
+    code = dict(results.get('code') or {})
+    if commit:
+        if code.get('commit') and not str(code['commit']).startswith(commit):
+            raise ValueError(f'--commit {commit}: the run recorded that it ran commit {code["commit"]}')
+        code['commit'] = code.get('commit') or commit
+    if launch.get('torch') and results.get('torch') and launch['torch'] != results['torch']:
+        raise ValueError(f"--launch-logs say torch {launch['torch']}, the run recorded torch {results['torch']}: "
+                         'these are not the logs of the call that made it')
+    return dict(amp=amp, channels_last=cl, timm=results.get('timm') or launch.get('timm'),
+                commit=code.get('commit'), source_sha256=code.get('source_sha256'), chosen=_chosen(ran, launch))
+
+
+#: the recipe values a card states beside the recipe path (the ones that differ between the zoo's runs)
+KEY_SETTINGS = ('optimizer', 'lr', 'batch_size', 'epochs', 'weight_decay', 'quad_lr_scale', 'quad_weight_decay',
+                'warmup_epochs', 'grad_clip')
+
+
+def key_settings(ran: Mapping[str, Any]) -> Dict[str, Any]:
+    """The run's :data:`KEY_SETTINGS` from its resolved recipe (a quadratic-only setting only for a quadratic
+    model's run, where it acts)."""
+    quad = (ran.get('model_args') or {}).get('neuron', 'linear') != 'linear' or str(ran.get('model', '')).startswith('q')
+    return {k: ran[k] for k in KEY_SETTINGS if k in ran and ran[k] is not None and (quad or not k.startswith('quad_'))}
+
+
+def _stability(log: List[Dict[str, Any]], ran: Dict[str, Any], n_val: Optional[int]) -> Dict[str, Any]:
+    """``divergence`` (the one rule of :mod:`qzoo.divergence`, or None) and ``nonfinite`` (the epochs whose
+    validation outputs held NaN/inf values, with counts) of a training log."""
+    from .divergence import detect, nonfinite_epochs
+    d = detect(log, ran.get('warmup_epochs') or 0.0, n_val)
+    return dict(divergence=d.to_dict() if d is not None else None, nonfinite=nonfinite_epochs(log))
+
+
+def _run_log(run: Path) -> List[Dict[str, Any]]:
+    from .divergence import read_log
+    try:
+        return read_log((run / 'log.jsonl').read_text().splitlines())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunDirError(f'{run / "log.jsonl"} is not a training log ({e}). Fix: re-run the training') from None
+
+
+def _record(results, run, variant, args, experiment, here, dtype, check, sha, ds, launch=None,
+            commit=None) -> Weights:
     mine = here[dtype]
+    ran = _ran_recipe(run)
     training = {k: results.get(k) for k in ('recipe', 'recipe_sha256', 'epochs', 'selected_epoch', 'selection',
                                             'device', 'world_size', 'wall_time_s', 'torch', 'qzoo')}
     training.update(recipe_overrides=_recipe_overrides(run, results), fp16_check=check,
-                    splits=results.get('data', {}).get('splits'))
+                    splits=results.get('data', {}).get('splits'),
+                    provenance=_provenance(results, ran, ds.in_shape, launch, commit), key_settings=key_settings(ran),
+                    **_stability(_run_log(run), ran, (results.get('data', {}).get('splits') or {}).get('val')))
     if (mine['val'], mine['test']) != (results['val'], results['test']):
         training['at_training'] = dict(val=results['val'], test=results['test'], device=results['device'])
         training['metrics_from'] = f'the published {dtype} weights, evaluated in float32 on the CPU when published'
@@ -310,9 +478,11 @@ def _swap_in(tmp: Path, final: Path, records: Dict[str, Weights], changed: str) 
         shutil.rmtree(old, ignore_errors=True)
 
 
-def publish(run_dir, experiment: str, dtype: str = 'auto') -> Weights:
+def publish(run_dir, experiment: str, dtype: str = 'auto', launch_logs=None, commit: Optional[str] = None) -> Weights:
     """Publish run folder ``run_dir`` as ``<architecture>.<experiment>-s<seed>``. ``experiment`` names the
-    training (data, recipe), e.g. ``cwru-clean``; the seed comes from the run. Returns the record."""
+    training (data, recipe), e.g. ``cwru-clean``; the seed comes from the run. For runs whose results.json
+    predates the provenance fields: ``launch_logs`` (the unpacked logs of the ``qzoo launch`` call that made
+    it: timm version, values chosen on validation) and ``commit`` (the code it ran). Returns the record."""
     from .data import load_dataset
     run = Path(run_dir)
     if not TAG_PATTERN.match(experiment or '') or experiment.endswith(tuple(f'-s{i}' for i in range(10))):
@@ -335,13 +505,14 @@ def publish(run_dir, experiment: str, dtype: str = 'auto') -> Weights:
                     neuron=results['neuron'], params=str(results['params']), dtype=dtype)
         sha = save_weights(model.state_dict(), tmp / WEIGHTS_NAME, meta,
                            {'float16': torch.float16, 'float32': torch.float32}[dtype])
-        w = _record(results, run, variant, args, experiment, here, dtype, check, sha, ds)
+        w = _record(results, run, variant, args, experiment, here, dtype, check, sha, ds,
+                    read_launch_logs(launch_logs) if launch_logs else None, commit)
         shutil.copyfile(run / 'recipe.yaml', tmp / 'recipe.yaml')
         write_log_gz(run / 'log.jsonl', tmp / LOG_NAME)
         records = dict(all_weights())
         records[w.name] = w
         records = _apply_defaults(records, _pinned(records))
-        write_folder_metadata(records[w.name], tmp)
+        write_folder_metadata(records[w.name], tmp, records)
         _swap_in(tmp, root / w.name, records, w.architecture)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -430,6 +601,10 @@ def _publish_parser() -> argparse.ArgumentParser:
     ap.add_argument('runs', nargs='*', help='run folders written by qzoo train')
     ap.add_argument('--experiment', help='what the weights were trained on, without the seed (e.g. cwru-clean)')
     ap.add_argument('--dtype', default='auto', choices=['auto', 'float16', 'float32'])
+    ap.add_argument('--launch-logs', metavar='DIR',
+                    help="the unpacked logs.tar.gz of the qzoo launch call that made the runs (timm version, values "
+                         "chosen on validation), for runs whose results.json does not record them")
+    ap.add_argument('--commit', help='the commit the runs were trained from, when their results.json does not say')
     ap.add_argument('--set-default', metavar='NAME', help="pin published <architecture>.<tag> as its default")
     ap.add_argument('--reason', help='why (printed on the card), with --set-default')
     ap.add_argument('--refresh', action='store_true', help='regenerate every generated file from the records')
@@ -455,7 +630,8 @@ def main(argv=None) -> int:
                           lambda text: print(text, flush=True))
         elif a.runs and a.experiment:
             for run in a.runs:
-                print(json.dumps({'published': publish(run, a.experiment, a.dtype).name}), flush=True)
+                print(json.dumps({'published': publish(run, a.experiment, a.dtype, a.launch_logs, a.commit).name}),
+                      flush=True)
         else:
             ap.error('give run folders and --experiment, or --set-default NAME --reason ..., or --refresh, '
                      'or --group NAME')

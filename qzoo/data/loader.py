@@ -1,8 +1,13 @@
 """Device-resident batching with seeded, resumable randomness.
 
 A :class:`BatchLoader` moves a split to its device once (uint8 images stay uint8 there) and
-builds each batch on the device: index, uint8 -> float in [0, 1], augmentation, then
-``(x - mean) / std``.
+builds each batch on the device: index, augmentation (on the uint8 pixels), then the pixel values
+through a table of ``(v / 255 - mean) / std`` for the 256 values ``v`` of each channel. The table is
+computed once on the CPU and copied to the device, so a batch holds the same float32 bits on every
+device: CUDA computes a division by a scalar as a multiplication by its reciprocal, which can differ
+in the last bit from the CPU's division (then ``v / 255 - mean`` is 3e-8 instead of 0 where they
+cancel), and the table sidesteps every such kernel difference. Float inputs are augmented and
+normalised as floats.
 
 All randomness of an epoch (the order and every augmentation parameter) is drawn up front on
 the CPU from ``torch.Generator().manual_seed(mix_seed(seed, epoch))`` and then moved to the
@@ -104,6 +109,26 @@ class BatchLoader:
                 raise ValueError(f'normalize std must be > 0, got {std.tolist()}')
             shape = (1, -1) + (1,) * max(self.x.dim() - 2, 0)
             self.mean, self.std = mean.reshape(shape).to(self.device), std.reshape(shape).to(self.device)
+        self._lut, self._lut_offset = self._pixel_table(normalize)
+
+    def _pixel_table(self, normalize) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """For uint8 data: the float32 value of every (channel, pixel value), computed on the CPU as
+        ``(v / 255 - mean) / std`` (``v / 255`` without ``normalize``), flattened, on the device; and the
+        offset of each channel's row, shaped to broadcast over a batch."""
+        if self.x.dtype != torch.uint8:
+            return None, None
+        v = torch.arange(256, dtype=torch.float32).div_(255)
+        c = self.x.shape[1] if self.x.dim() > 2 else 1
+        if normalize is None:
+            table = v.expand(c, 256)
+        else:
+            mean, std = (torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1) for t in normalize)
+            table = (v[None, :] - mean) / std
+            table = table.expand(c, 256) if len(table) == 1 else table
+        offset = (torch.arange(c) * 256).reshape((1, -1) + (1,) * max(self.x.dim() - 2, 0))
+        if self.x.dim() <= 2:
+            offset = torch.zeros((), dtype=torch.int64)
+        return table.contiguous().reshape(-1).to(self.device), offset.to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -140,12 +165,15 @@ class BatchLoader:
             sel = slice(b * bs, (b + 1) * bs)
             idx = order[sel]
             x, y = self.x[idx], self.y[idx]
-            x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+            if self._lut is None:
+                x = x.float()
             if self.augment == 'crop4-flip':
                 x = crop_flip(x, params['oy'][sel], params['ox'][sel], params['flip'][sel], pad=4)
             elif self.augment == 'flip2d':
                 x, y = flip2d(x, y, params['hflip'][sel], params['vflip'][sel])
-            if self.mean is not None:
+            if self._lut is not None:  # uint8 pixels -> float32 through the table (normalised if asked)
+                x = self._lut[x.long() + self._lut_offset]
+            elif self.mean is not None:
                 x = (x - self.mean) / self.std
             yield x, y
 
