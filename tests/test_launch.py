@@ -3,6 +3,7 @@ process groups killed on every exit path, and the presets end to end with --smok
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import tarfile
@@ -427,15 +428,35 @@ def test_a_two_stage_preset_chooses_on_validation_and_packs_a_device_call(tmp_pa
         assert not any(n.endswith('model.safetensors') for n in tar.getnames())
 
 
+def _tracked_copy_without_checkpoints(dest):
+    """What a device call gets (docs/gpu.md): the tracked files of the checkout, without qzoo/checkpoints/."""
+    import subprocess
+    files = subprocess.run(['git', '-C', str(ROOT), 'ls-files', '-z'], capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split('\0')):
+        if rel.startswith('qzoo/checkpoints/') or not (ROOT / rel).is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, dest / rel)
+    return dest
+
+
 @pytest.mark.slow
-def test_a_cifar_preset_runs_end_to_end_with_smoke(tmp_path, monkeypatch):
+def test_a_cifar_preset_runs_from_the_tracked_files_without_the_published_weights(tmp_path):
+    """The documented device call: ``PYTHONPATH=. python3 -m qzoo_cli launch ...`` in a copy of the tracked files
+    without qzoo/checkpoints/ (training never reads the published weights)."""
+    if not (ROOT / '.git').exists():
+        pytest.skip('needs a git checkout (the copy is made from git ls-files)')
     data = need_shared('data', 'cifar10-jpeg75.npz')
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    monkeypatch.setenv('QZOO_DATA', str(data.parent))
+    copy = _tracked_copy_without_checkpoints(tmp_path / 'call')
+    assert not (copy / 'qzoo' / 'checkpoints').exists() and (copy / 'recipes').is_dir()
     out = tmp_path / 'out'
-    assert launch.main(['--preset', 'quad-sweep', '--smoke', '--out', str(out), '--runs-dir', str(tmp_path)]) == 0
+    env = dict(procs.child_env(QZOO_DATA=str(data.parent)), PYTHONPATH='.')
+    res = procs.run([procs.PYTHON, '-m', 'qzoo_cli', 'launch', '--preset', 'quad-sweep', '--smoke', '--out', str(out),
+                     '--runs-dir', str(tmp_path / 'runs')], timeout=900, cwd=copy, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ['logs.tar.gz', 'quad-sweep.tar.gz']
-    s = json.loads((tmp_path / 'quad-sweep' / 'summary.json').read_text())
+    s = json.loads((tmp_path / 'runs' / 'quad-sweep' / 'summary.json').read_text())
+    assert all(str(copy) in r['out'] or r['out'].startswith(str(tmp_path)) for r in s['runs'])
     assert [r['overrides'][-1] for r in s['runs']] == [f'quad_lr_scale={v}' for v in ('1e-4', '1e-3', '1e-2', '1e-1')]
     assert all(r['returncode'] == 0 and r['dataset'] == 'cifar10-jpeg75' and r['epochs'] == 1 for r in s['runs'])
 

@@ -22,11 +22,26 @@ ARCHS = sorted({w.architecture for w in RECORDS.values()})
 CK = ROOT / 'qzoo' / 'checkpoints'
 
 
+CALL_LIMIT = 64 * 2 ** 20           # what a device call carries: the tracked files it needs plus the data
+DATA_FOR_A_CALL = (17.6 + 12.0) * 2 ** 20  # ../shared/data/cifar10-jpeg75.npz and dsb2018_96/, both in one call
+
+
 def test_something_is_published_and_fits_the_budget():
+    """Device calls run from the tracked files without qzoo/checkpoints/ (docs/gpu.md): those and both data sets
+    must fit in one call. The published weights ship in the wheel: they stay under a call's size too, so that a
+    checkout with them can still be copied whole where a call needs the zoo (e.g. the CUDA tests of the weights)."""
+    import subprocess
     assert RECORDS, 'qzoo/checkpoints/manifest.json lists no weights'
     total = sum(f.stat().st_size for f in CK.rglob('*') if f.is_file())
-    assert total <= 40 * 2 ** 20, f'qzoo/checkpoints holds {total / 2 ** 20:.1f} MiB (budget 40 MiB)'
+    assert total <= CALL_LIMIT, f'qzoo/checkpoints holds {total / 2 ** 20:.1f} MiB (budget 64 MiB)'
     assert weights.checkpoints_dir() == CK  # no QZOO_CHECKPOINTS in the test environment
+    if not (ROOT / '.git').exists():
+        pytest.skip('the rest of the budget is counted over git ls-files')
+    files = subprocess.run(['git', '-C', str(ROOT), 'ls-files', '-z'], capture_output=True, check=True).stdout
+    rest = sum((ROOT / f).stat().st_size for f in filter(None, files.decode().split('\0'))
+               if not f.startswith('qzoo/checkpoints/') and (ROOT / f).is_file())
+    assert rest + DATA_FOR_A_CALL <= CALL_LIMIT, (f'the tracked files without qzoo/checkpoints hold {rest / 2 ** 20:.1f} '
+                                                  'MiB: with both data sets they no longer fit in one device call')
 
 
 @pytest.mark.parametrize('name', sorted(RECORDS))
