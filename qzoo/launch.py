@@ -32,6 +32,15 @@ all runs of a stage side by side; ``--smoke`` runs each recipe with ``--smoke`` 
 runs/smoke/):
 
     conventional    resnet20/32/44/56 (width 16) and resnet20 at widths 8, 12, 24         7 runs
+    search-1e-4, search-1e-3, search-1e-2
+                    the 6 quadratic models of the CIFAR table at 40 epochs at that quad_lr_scale (one call each;
+                    each architecture then takes the scale with its best validation top-1)   6 runs
+    seeds-conventional-1, seeds-conventional-2
+                    seed 1 (2) of resnet20 w8/w12/w24, resnet32/44/56, 40 epochs                6 runs
+    seeds-quadratic-1, seeds-quadratic-2
+                    seed 1 (2) of the 6 quadratic models with their recipe's (searched) scale   6 runs
+    long            resnet20 and qresnet20 w16 for 200 epochs: trains until the deadline and packs the resume
+                    state; the next call continues it with --resume (carry runs/long)          2 runs
     quad-sweep      qresnet20 w16 at quad_lr_scale 1e-4, 1e-3, 1e-2, 1e-1, 10 epochs      4 runs, packed without weights
     quadratic       qresnet20 w8/w12/w16, qresnet14, qresnet8, qresnet20 w9, 40 epochs   6 runs, cut from the end
     seeds           seeds 1, 2 of resnet20, qresnet20 w16, resnet20 w8, qresnet20 w9     8 runs, cut from the end
@@ -315,7 +324,7 @@ class Child:
 
 def _start_train(run, smoke: bool, env) -> Child:
     cmd = [sys.executable, *TRAIN, '--config', run['config'], '--out', run['out'], '--no-progress',
-           *(['--smoke'] if smoke else []), *run['overrides']]
+           *(['--smoke'] if smoke else []), *(['--resume'] if run.get('resume') else []), *run['overrides']]
     Path(run['out']).mkdir(parents=True, exist_ok=True)
     return Child(cmd, Path(run['out']) / 'train.out', env)
 
@@ -451,6 +460,17 @@ def run_batch(runs, parallel: int = 1, smoke: bool = False, timeout: Optional[fl
     return summary
 
 
+def _mark_resumable(summary, say) -> None:
+    """A 'deadline' stage: a run stopped when the call's time was up, with its resume state on disk, is to be
+    continued by the next call (``--resume``), not a failure."""
+    for r in summary['runs']:
+        log = _read_log(r)
+        if r.get('returncode') != 0 and (Path(r['out']) / 'last.ckpt').is_file():
+            r['to_resume'] = True
+            say(f"{r['name']}: stopped at the deadline after epoch {log[-1]['epoch'] if log else '?'} of "
+                f"{r.get('epochs') or '?'}; the next call continues it with --resume (carry its runs folder)")
+
+
 def _print_summary(summary, say=print) -> None:
     for r in summary['runs']:
         v, t = r.get('val') or {}, r.get('test') or {}
@@ -458,17 +478,18 @@ def _print_summary(summary, say=print) -> None:
             f"{r.get('mean_img_s', 0):.0f} img/s")
 
 
-def pack(runs_dir, runs, path, weights: bool = True) -> None:
-    """The summary and the run folders (without resume state, best-epoch copies, locks; without weights unless
-    ``weights``) as one .tar.gz, written atomically."""
+def pack(runs_dir, runs, path, weights: bool = True, resume_state: bool = False) -> None:
+    """The summary and the run folders (without resume state and best-epoch copies unless ``resume_state``, without
+    locks; without weights unless ``weights``) as one .tar.gz, written atomically."""
     from qzoo.fileio import atomic_open
-    skip = {'best.safetensors'} | (set() if weights else {'model.safetensors'})
+    skip = (set() if resume_state else {'best.safetensors'}) | (set() if weights else {'model.safetensors'})
+    keep = {'.ckpt'} if resume_state else set()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, 'wb') as f, tarfile.open(fileobj=f, mode='w:gz') as tar:
         tar.add(Path(runs_dir) / 'summary.json', arcname='summary.json')
         for r in runs:
             for file in sorted(Path(r['out']).iterdir()) if Path(r['out']).is_dir() else ():
-                if file.is_file() and file.suffix not in NOT_PACKED and file.name not in skip:
+                if file.is_file() and (file.suffix not in NOT_PACKED or file.suffix in keep) and file.name not in skip:
                     tar.add(file, arcname=f'{r["name"]}/{file.name}')
 
 
@@ -492,7 +513,9 @@ class Stage:
     grid: Tuple[str, ...] = ()
     weights: bool = True      # pack model.safetensors (sweeps only need their metrics)
     fit: str = 'epochs'       # when it would overrun: 'epochs' cuts the shared epoch count, 'drop' drops runs from
-                              # the end of ``configs`` (comparisons with the published baselines keep their epochs)
+                              # the end of ``configs`` (comparisons with the published baselines keep their epochs),
+                              # 'deadline' trains until the call's time is up and packs the resume state: a schedule
+                              # longer than one call, continued by the next call with --resume
 
 
 @dataclass(frozen=True)
@@ -506,9 +529,31 @@ def _cifar(*names) -> Tuple[str, ...]:
     return tuple(str(ROOT / CIFAR / f'{n}.yaml') for n in names)
 
 
+#: the CIFAR table's models, in order of need (a 'drop' stage drops runs from the end)
+QUADRATIC = ('qresnet20-w8', 'qresnet20-w12', 'qresnet20-w16', 'qresnet14', 'qresnet8', 'qresnet20-w9')
+CONVENTIONAL_SEEDS = ('resnet20-w8', 'resnet20-w12', 'resnet20-w24', 'resnet32', 'resnet44', 'resnet56')
+SEARCH_SCALES = ('1e-4', '1e-3', '1e-2')
+
+
+def _search(scale: str) -> 'Stage':
+    """One point of the per-architecture quad_lr_scale search: every quadratic model of the table at 40 epochs with
+    the quadratic recipe (its remedy against blow-ups included) at this scale; each architecture then takes the
+    scale with its best validation top-1 over the search's calls."""
+    return Stage(f'search-{scale}', _cifar(*QUADRATIC), ('epochs=40', f'quad_lr_scale={scale}'), fit='drop')
+
+
 _STAGES = {
     'conventional': Stage('conventional', _cifar('resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet20-w8',
                                                  'resnet20-w12', 'resnet20-w24')),
+    **{f'search-{v}': _search(v) for v in SEARCH_SCALES},
+    # seeds 1 and 2 of every model of the CIFAR table (resnet20's exist): each a call of 6 runs side by side; the
+    # quadratic recipes' quad_lr_scale is each architecture's choice of the search (set in its recipe file)
+    **{f'seeds-conventional-{s}': Stage(f'seeds-conventional-{s}', _cifar(*CONVENTIONAL_SEEDS), ('epochs=40', f'seed={s}'),
+                                        fit='drop') for s in (1, 2)},
+    **{f'seeds-quadratic-{s}': Stage(f'seeds-quadratic-{s}', _cifar(*QUADRATIC), ('epochs=40', f'seed={s}'), fit='drop')
+       for s in (1, 2)},
+    # does a quadratic network need longer training? 200 epochs of the headline pair, over as many calls as it takes
+    'long': Stage('long', _cifar('resnet20', 'qresnet20-w16'), ('epochs=200',), fit='deadline'),
     'quad-sweep': Stage('quad-sweep', _cifar('qresnet20-w16'), ('epochs=10',), ('quad_lr_scale=1e-4,1e-3,1e-2,1e-1',),
                         weights=False),
     # at the published baselines' 40 epochs, in order of need: runs that do not fit are dropped from the end
@@ -543,16 +588,32 @@ def choose_on_validation(summary) -> Dict[str, Dict]:
         old = best.get(r['config'])
         if scale is not None and (old is None or (val[metric] > old['val'] if higher else val[metric] < old['val'])):
             best[r['config']] = dict(quad_lr_scale=scale, metric=metric, val=val[metric], run=r['name'])
+    for cfg, pick in best.items():
+        pick['trials'] = _trials(summary, cfg)
     return best
+
+
+def _trials(summary, config: str) -> List[Dict]:
+    """Every sweep run of ``config``: its quad_lr_scale, epochs, validation primary metric (None when it did not
+    finish) and whether its validation outputs were finite (the tuning budget a card states)."""
+    out = []
+    for r in summary['runs']:
+        if r['config'] != config:
+            continue
+        scale = next((o.split('=', 1)[1] for o in reversed(r['overrides']) if o.startswith('quad_lr_scale=')), None)
+        val, metric = r.get('val') or {}, r.get('primary_metric') or 'top1'
+        out.append(dict(quad_lr_scale=scale, epochs=r.get('epochs'), val=val.get(metric),
+                        finite=not val.get('nonfinite'), finished=r.get('returncode') == 0))
+    return out
 
 
 class _Session:
     """A preset's session: where its runs and packs go, the training deadline, and the session log."""
 
     def __init__(self, out: Path, runs_base: Path, smoke: bool, parallel: Optional[int], sets: Sequence[str],
-                 train_deadline: Optional[float]):
+                 train_deadline: Optional[float], resume: bool = False):
         self.out, self.runs_base, self.smoke, self.parallel = out, runs_base, smoke, parallel
-        self.sets, self.train_deadline, self.failed = list(sets), train_deadline, []
+        self.sets, self.train_deadline, self.failed, self.resume = list(sets), train_deadline, [], resume
         out.mkdir(parents=True, exist_ok=True)
         self.log_file = out / 'session.log'
 
@@ -570,18 +631,28 @@ class _Session:
         runs = plan(stage.configs, list(stage.sets), stage.grid, runs_dir,
                     extra={c: (extra or {}).get(c, []) + self.sets for c in map(_config_path, stage.configs)})
         fit_in, parallel = self.fit_in(share), self.parallel or len(runs)
+        for r in runs:  # --resume: a run whose folder holds the resume state of an earlier call continues it
+            r['resume'] = self.resume and (Path(r['out']) / 'last.ckpt').is_file()
         self.say(f'stage {stage.name}: {len(runs)} runs, {min(parallel, len(runs))} side by side'
-                 + (f', fitted to {fit_in:.0f}s' if fit_in is not None else ''))
+                 + (f', fitted to {fit_in:.0f}s' if fit_in is not None else '')
+                 + (f", {sum(r['resume'] for r in runs)} resumed" if self.resume else ''))
         try:
-            summary = run_batch(runs, parallel, self.smoke, fit_in=fit_in, say=self.say, fit_policy=stage.fit)
+            if stage.fit == 'deadline':
+                summary = run_batch(runs, parallel, self.smoke, timeout=fit_in, say=self.say)
+            else:
+                summary = run_batch(runs, parallel, self.smoke, fit_in=fit_in, say=self.say, fit_policy=stage.fit)
         except FitError as e:
             self.say(f'stage {stage.name}: {e}')
             self.failed.append(stage.name)
             return None
+        if stage.fit == 'deadline':
+            _mark_resumable(summary, self.say)
         _write_summary(runs_dir, summary)
         _print_summary(summary, self.say)
-        pack(runs_dir, runs, self.out / f'{stage.name}.tar.gz', weights=stage.weights)
-        self.failed += [r['name'] for r in summary['runs'] if r.get('returncode') != 0 and not r.get('dropped')]
+        pack(runs_dir, runs, self.out / f'{stage.name}.tar.gz', weights=stage.weights,
+             resume_state=stage.fit == 'deadline')
+        self.failed += [r['name'] for r in summary['runs']
+                        if r.get('returncode') != 0 and not r.get('dropped') and not r.get('to_resume')]
         return summary
 
 
@@ -747,7 +818,7 @@ def device_call(a) -> int:
     deadline = t_start + a.deadline_s if a.deadline_s else None
     train_deadline = deadline - a.bench_s - PACK_S if deadline else None
     runs_base = Path(a.runs_dir or ('runs/smoke' if a.smoke else 'runs'))
-    s = _Session(Path(a.out), runs_base, a.smoke, a.parallel, a.set, train_deadline)
+    s = _Session(Path(a.out), runs_base, a.smoke, a.parallel, a.set, train_deadline, a.resume)
     s.say(f'preset {a.preset}' + (f', deadline in {a.deadline_s:.0f}s' if deadline else '') + (' (smoke)' if a.smoke
                                                                                                else ''))
     bench_rc = 0
@@ -790,6 +861,9 @@ def _parser():
                     help='presets with --deadline-s: seconds kept after training for the CUDA tests and the GPU '
                          'benchmark suite (0: no benchmark)')
     ap.add_argument('--out', default='runs/device-out', help='presets: the folder for packs and logs')
+    ap.add_argument('--resume', action='store_true',
+                    help="presets: continue the runs whose folder holds an earlier call's resume state (a stage "
+                         "that trains until the deadline; carry its runs folder into the call)")
     return ap
 
 

@@ -87,10 +87,16 @@ def test_drop_policy_keeps_the_epochs_and_drops_runs_from_the_end(tmp_path):
 
 
 def test_cifar_comparison_presets_keep_the_baselines_epochs():
-    for name in ('quadratic', 'neurons', 'seeds'):
+    names = ['quadratic', 'neurons', 'seeds'] + [n for n in launch.PRESETS if n.startswith(('search-', 'seeds-'))]
+    assert len(names) == 10
+    for name in names:
         stage = launch.PRESETS[name].final
         assert stage.fit == 'drop' and 'epochs=40' in stage.sets, name
+        assert len(stage.configs) <= 6 or name in ('neurons', 'seeds'), name  # one call's worth side by side
     assert launch.PRESETS['quadratic'].final.configs[-1].endswith('qresnet20-w9.yaml')  # the optional one last
+    assert [launch.PRESETS[f'search-{v}'].final.sets[-1] for v in ('1e-4', '1e-3', '1e-2')] == [
+        'quad_lr_scale=1e-4', 'quad_lr_scale=1e-3', 'quad_lr_scale=1e-2']
+    assert launch.PRESETS['long'].final.fit == 'deadline' and 'epochs=200' in launch.PRESETS['long'].final.sets
 
 
 def test_fit_projection_waits_for_two_epochs_of_every_run_and_refuses_what_cannot_fit(tmp_path):
@@ -418,8 +424,11 @@ def test_a_two_stage_preset_chooses_on_validation_and_packs_a_device_call(tmp_pa
     assert 'CUDA tests: exit 1' in log and 'failed: CUDA tests' in log
     sweep_runs = json.loads((tmp_path / 'runs' / 'sweep' / 'summary.json').read_text())['runs']
     best = max(sweep_runs, key=lambda r: r['val']['top1'])  # the first of equals, as the launcher
+    trials = [dict(quad_lr_scale=r['overrides'][-1].split('=')[1], epochs=r['epochs'], val=r['val']['top1'],
+                   finite=not r['val'].get('nonfinite'), finished=True) for r in sweep_runs]
     assert choice == {'recipes/synthetic/circles-d2.yaml': dict(
-        quad_lr_scale=best['overrides'][-1].split('=')[1], metric='top1', val=best['val']['top1'], run=best['name'])}
+        quad_lr_scale=best['overrides'][-1].split('=')[1], metric='top1', val=best['val']['top1'], run=best['name'],
+        trials=trials)}
     final_runs = json.loads((tmp_path / 'runs' / 'final' / 'summary.json').read_text())['runs']
     picked = choice['recipes/synthetic/circles-d2.yaml']['quad_lr_scale']  # every final run takes circles' choice
     assert [r['overrides'] for r in final_runs] == [['model=qmlp', f'quad_lr_scale={picked}']] * 2
@@ -466,3 +475,39 @@ def test_every_path_in_the_help_texts_exists():
     for name, text in (('qzoo train', engine.TRAIN_HELP), ('qzoo launch', launch.__doc__)):
         paths = set(re.findall(r'recipes/[\w./-]+\.yaml', text))
         assert paths and [p for p in paths if not (ROOT / p).is_file()] == [], name
+
+
+@pytest.mark.slow
+def test_a_deadline_stage_packs_its_resume_state_and_the_next_call_continues_it(tmp_path, monkeypatch):
+    """The 'long' kind of stage: its runs train until the call's time is up, the pack keeps last.ckpt, and the next
+    call with --resume continues each run from its last finished epoch (the log goes on without a gap)."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    monkeypatch.setenv('QZOO_DATA', str(SHARED / 'data'))
+    stage = launch.Stage('tiny-long', (CIRCLES,), ('model=qmlp', 'smoke.epochs=100000'), fit='deadline')
+    monkeypatch.setitem(launch.PRESETS, 'tiny-long', launch.Preset(stage))
+    # the call's time is up once the run has logged `until[0]` epochs (a clock that stands still before: no test
+    # depends on how fast this machine is)
+    until = [3]
+
+    def clock():
+        logs = list((tmp_path / 'runs' / 'tiny-long').glob('*/log.jsonl'))
+        done = logs and len(logs[0].read_text().splitlines()) >= until[0]
+        return T0 + (1e9 if done else 0)
+    real = launch.run_batch
+    monkeypatch.setattr(launch, 'run_batch', lambda *a, **k: real(*a, clock=clock, **k))
+    args = ['--preset', 'tiny-long', '--smoke', '--deadline-s', '900', '--bench-s', '0', '--runs-dir',
+            str(tmp_path / 'runs')]
+    assert launch.main(args + ['--out', str(tmp_path / 'out1')]) == 0  # stopped at the deadline: not a failure
+    run = next((tmp_path / 'runs' / 'tiny-long').glob('*-s0'))
+    first = [json.loads(l)['epoch'] for l in (run / 'log.jsonl').read_text().splitlines()]
+    assert first and first == list(range(len(first))) and not (run / 'results.json').exists()
+    with tarfile.open(tmp_path / 'out1' / 'tiny-long.tar.gz') as tar:
+        assert f'{run.name}/last.ckpt' in tar.getnames() and f'{run.name}/best.safetensors' in tar.getnames()
+    summary = json.loads((tmp_path / 'runs' / 'tiny-long' / 'summary.json').read_text())
+    assert summary['runs'][0]['to_resume'] is True
+    until[0] = len(first) + 3
+    assert launch.main(args + ['--resume', '--out', str(tmp_path / 'out2')]) == 0
+    both = [json.loads(l)['epoch'] for l in (run / 'log.jsonl').read_text().splitlines()]
+    assert both[:len(first)] == first and both == list(range(len(both))) and len(both) > len(first)
+    with tarfile.open(tmp_path / 'out2' / 'logs.tar.gz') as tar:
+        assert '1 resumed' in tar.extractfile('session.log').read().decode()
