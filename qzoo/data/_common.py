@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checkout import PACKAGE_PARENT
+from ..checkout import require as require_checkout
+from ..checkout import root as checkout_root
 from ..errors import DataError
 from ..fileio import atomic_open, sha256_file
 
 SPLITS = ('train', 'val', 'test')
-#: the repository's own data folder (shipped test packs, fixed split files)
-REPO_DATA = Path(__file__).resolve().parents[2] / 'data'
-DEFAULT_ROOT = Path(__file__).resolve().parents[3] / 'shared' / 'data'
 
 HOW_TO_POINT = ('set the environment variable QZOO_DATA to the folder that holds the data, or pass '
                 'root=... to load_dataset')
@@ -50,11 +50,12 @@ class Split:
 
 # ----------------------------------------------------------------------------- places
 def data_root(root=None) -> Path:
-    """``root`` if given, else ``$QZOO_DATA``, else ``<checkout>/../shared/data``."""
+    """``root`` if given, else ``$QZOO_DATA``, else ``<checkout>/../shared/data`` (the checkout of
+    :func:`qzoo.checkout.root`; without one, beside the folder that holds the installed package)."""
     if root is not None:
         return Path(root).expanduser()
     env = os.environ.get('QZOO_DATA')
-    return Path(env).expanduser() if env else DEFAULT_ROOT
+    return Path(env).expanduser() if env else (checkout_root() or PACKAGE_PARENT).parent / 'shared' / 'data'
 
 
 def root_source(root=None) -> str:
@@ -182,8 +183,17 @@ def save_npz_atomic(path: Path, compressed: bool = False, **arrays) -> None:
         (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
+def repo_data(what: str = "reading the repository's data/ folder") -> Path:
+    """The repository's own ``data/`` folder (shipped test packs, fixed split files) in the checkout of
+    :func:`qzoo.checkout.root`: the one qzoo runs from, else the current directory (an installed wheel run
+    inside a clone). Without a checkout, a FileNotFoundError that says ``what`` needs one and how to get it."""
+    return require_checkout(what) / 'data'
+
+
 def repo_pack(name: str) -> Path:
-    return REPO_DATA / name
+    """``name`` in the repository's ``data/`` folder (see :func:`repo_data`)."""
+    return repo_data(f"reading data/{name} (a file of the repository's data/ folder, which the installed "
+                     f"package does not include)") / name
 
 
 def check_pack(path: Path) -> str:
@@ -192,7 +202,7 @@ def check_pack(path: Path) -> str:
         raise FileNotFoundError(f'{path} (shipped with the repository) is missing: restore it with git '
                                 f'(git checkout -- data/) or regenerate it with data/make_packs.py')
     digest = sha256_file(path)
-    manifest = REPO_DATA / 'MANIFEST.json'
+    manifest = path.parent / 'MANIFEST.json'
     if manifest.exists():
         want = json.loads(manifest.read_text()).get('files', {}).get(path.name, {}).get('sha256')
         if want and want != digest:
