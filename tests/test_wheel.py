@@ -124,7 +124,8 @@ with warnings.catch_warnings(record=True) as caught:
     import setuptools.build_meta as backend
     backend.build_editable(tempfile.mkdtemp())
 for w in caught:
-    print(f'{w.category.__name__}: {str(w.message).strip().splitlines()[0]}')
+    print(f'warned {w.category.__name__}: {str(w.message).strip().splitlines()[0]}')
+print('built')
 '''
 
 
@@ -136,7 +137,9 @@ def test_building_the_wheel_and_an_editable_install_prints_no_setuptools_warning
     clone = tmp_path / 'clone'
     shutil.copytree(installed['clone'], clone)
     p = procs.run([sys.executable, '-c', BUILD_EDITABLE], cwd=clone, env=_env(tmp_path), timeout=600)
-    assert p.returncode == 0 and p.stdout == '', p.stdout + p.stderr[-3000:]
+    lines = p.stdout.splitlines()  # setuptools' own log lines, then what the build warned, then 'built'
+    assert p.returncode == 0 and lines[-1:] == ['built'], p.stdout[-3000:] + p.stderr[-3000:]
+    assert not [line for line in lines if line.startswith('warned ')], p.stdout
 
 
 # the README's Python blocks, in order and in one namespace, as a user would paste them into one session
