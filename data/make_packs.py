@@ -15,12 +15,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qzoo.data import cifar, cwru, segmentation  # noqa: E402
-from qzoo.data._common import REPO_DATA, data_root, sha256_file  # noqa: E402
+from qzoo.data._common import data_root, sha256_file  # noqa: E402
 
 
 def main(root=None):
     base = data_root(root)
-    out = REPO_DATA
+    out = Path(__file__).resolve().parent  # this checkout's data/
     sources = {}
     src = base / cifar.JPEG_FILE
     cifar.write_test_pack(src, out / cifar.TEST_PACK)

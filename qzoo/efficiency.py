@@ -18,7 +18,8 @@ whose interval contains 0, or that is undefined in more than 10% of the replicat
 **not established**.
 
 Writes ``<out>/efficiency.csv``, ``<out>/efficiency.md``, ``<out>/pareto-<dataset>.png`` and, with
-``--readme``, the generated block between ``<!-- results:begin -->`` and ``<!-- results:end -->``.
+``--readme``, the generated block between ``<!-- results:begin -->`` and ``<!-- results:end -->`` and the
+architecture table's last column (the names without published weights, :func:`architecture_table`).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import fnmatch
 import io
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -45,9 +47,12 @@ from .evaluation import (EvalCache, Evaluation, Scores, compare_to_curve, evalua
 from .fileio import atomic_write_bytes, atomic_write_text
 from .metrics import Metrics
 
-__all__ = ['main', 'human_name', 'design_for', 'replace_block', 'BEGIN', 'END']
+__all__ = ['main', 'human_name', 'design_for', 'replace_block', 'architecture_table', 'table_names', 'BEGIN', 'END',
+           'ARCH_BEGIN', 'ARCH_END']
 
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
+#: the README's architecture table, whose last column this job writes
+ARCH_BEGIN, ARCH_END = '<!-- architectures:begin -->', '<!-- architectures:end -->'
 #: the external checkpoints worth comparing on each dataset (trained elsewhere) and the data to score them on
 EXTERNAL_DATA = {'cifar10-jpeg75': dict(spec={'name': 'cifar10-jpeg75', 'args': {}}, task='classification')}
 SECONDARY = {'top1': 'macro_f1', 'iou': 'dice'}
@@ -772,13 +777,64 @@ def readme_block(tables: List[Dict[str, Any]], replicates: int) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def replace_block(text: str, block: str, what: str = 'README.md') -> str:
-    """``text`` with everything between :data:`BEGIN` and :data:`END` replaced by ``block``."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f'{what} must hold exactly one {BEGIN} followed by one {END} (found {text.count(BEGIN)} and '
-                         f'{text.count(END)}); add them where the generated results summary belongs')
-    a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
+def replace_block(text: str, block: str, what: str = 'README.md', begin: str = BEGIN, end: str = END,
+                  belongs: str = 'the generated results summary') -> str:
+    """``text`` with everything between ``begin`` and ``end`` (:data:`BEGIN`, :data:`END`) replaced by ``block``."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f'{what} must hold exactly one {begin} followed by one {end} (found {text.count(begin)} and '
+                         f'{text.count(end)}); add them where {belongs} belongs')
+    a, b = text.index(begin) + len(begin), text.index(end)
     return text[:a] + '\n' + block.rstrip('\n') + '\n' + text[b:]
+
+
+# ---- the README's architecture table -------------------------------------------------------------
+_BRACES = re.compile(r'^([^{}]*)\{([^{}]+)\}([^{}]*)$')
+_NUMBERED = re.compile(r'^(.*?)(\d+)$')
+
+
+def table_names(cell: str) -> List[str]:
+    """The model names a table cell lists as code spans, brace lists expanded: ``resnet{8,14}`` -> resnet8,
+    resnet14; ``q{a,b}_x`` -> qa_x, qb_x."""
+    names = []
+    for code in re.findall(r'`([^`]+)`', cell):
+        m = _BRACES.match(code)
+        names += [m.group(1) + v.strip() + m.group(3) for v in m.group(2).split(',')] if m else [code]
+    return names
+
+
+def _compact(names: Sequence[str]) -> str:
+    """Names as code spans, those that differ only in a trailing number joined in braces (``resnet{8,110}``)."""
+    groups: Dict[str, List[str]] = {}
+    for n in names:
+        m = _NUMBERED.match(n)
+        groups.setdefault(m.group(1) if m else n, []).append(m.group(2) if m else '')
+    return ', '.join(f'`{p}`' if nums == [''] else f'`{p}{nums[0]}`' if len(nums) == 1 else
+                     f"`{p}{{{','.join(nums)}}}`" for p, nums in groups.items())
+
+
+def _without_weights(names: Sequence[str], published: set) -> str:
+    """The cell that names which of ``names`` have no published weights: none, all, all but ..., or a list."""
+    without = [n for n in names if n not in published]
+    if not without:
+        return 'none'
+    if len(without) == len(names):
+        return 'all'
+    with_ = [n for n in names if n in published]
+    return f'all but {_compact(with_)}' if len(with_) < len(without) else _compact(without)
+
+
+def architecture_table(text: str, published: set, what: str = 'README.md') -> str:
+    """``text`` with the last column of every row of the table between :data:`ARCH_BEGIN` and :data:`ARCH_END`
+    rewritten: which of the row's models (its first column, :func:`table_names`) have no published weights
+    (``published``: the architectures with weights, from :func:`qzoo.list_models` with ``pretrained=True``)."""
+    replace_block(text, '', what, ARCH_BEGIN, ARCH_END, 'the architecture table')  # checks the markers
+    a, b = text.index(ARCH_BEGIN) + len(ARCH_BEGIN), text.index(ARCH_END)
+    lines = text[a:b].split('\n')
+    for i, line in enumerate(lines):
+        cells = line.split(' | ')
+        if line.startswith('| `') and len(cells) > 2:
+            lines[i] = ' | '.join(cells[:-1] + [_without_weights(table_names(cells[0]), published) + ' |'])
+    return text[:a] + '\n'.join(lines) + text[b:]
 
 
 # ---- plots ---------------------------------------------------------------------------------------
@@ -912,7 +968,8 @@ def _parser(default_out: str) -> argparse.ArgumentParser:
                     help='bootstrap replicates (default: %(default)s)')
     ap.add_argument('--seed', type=int, default=0, help='bootstrap seed (default: %(default)s)')
     ap.add_argument('--readme', metavar='PATH',
-                    help=f'also rewrite the summary between {BEGIN} and {END} in this file (all datasets only)')
+                    help=f'also rewrite the summary between {BEGIN} and {END} and the last column of the architecture '
+                         f'table (between {ARCH_BEGIN} and {ARCH_END}) in this file (all datasets only)')
     return ap
 
 
@@ -928,7 +985,10 @@ def _write(tables: List[Dict[str, Any]], out: Path, a, readme_text: Optional[str
     write_csv(tables, out / 'efficiency.csv')
     atomic_write_text(out / 'efficiency.md', markdown(tables, a.bootstrap, a.seed))
     if readme_text is not None:
-        atomic_write_text(a.readme, replace_block(readme_text, readme_block(tables, a.bootstrap), a.readme))
+        from .registry import list_models
+        text = replace_block(readme_text, readme_block(tables, a.bootstrap), a.readme)
+        published = {name.partition('.')[0] for name in list_models(pretrained=True)}
+        atomic_write_text(a.readme, architecture_table(text, published, a.readme))
 
 
 def main(argv: Optional[Sequence[str]] = None, default_out: str = 'results') -> int:
@@ -947,6 +1007,7 @@ def main(argv: Optional[Sequence[str]] = None, default_out: str = 'results') -> 
         try:
             readme_text = Path(a.readme).read_text(encoding='utf-8')
             replace_block(readme_text, '', a.readme)
+            architecture_table(readme_text, set(), a.readme)
         except (OSError, ValueError) as e:
             ap.error(f'--readme {a.readme}: {e}')
 

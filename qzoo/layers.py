@@ -125,8 +125,8 @@ class QuadraticLayer(nn.Module):
     def reset_quadratic_(self, init: str = 'relinear') -> None:
         """Re-initialise the quadratic-only terms (linear terms are left alone):
         torch's default init, then ``'relinear'`` (start at, or for ``lowrank`` just
-        off, the linear special case), ``'linear'`` (exactly the linear special case)
-        or ``'default'`` (nothing more)."""
+        off, the linear special case; ``power``, which has none, starts at small weights),
+        ``'linear'`` (exactly the linear special case) or ``'default'`` (nothing more)."""
         if init not in ('relinear', 'linear', 'default'):
             raise ValueError(f"init must be 'relinear', 'linear' or 'default', got {init!r}")
         for t in self.neuron.terms:

@@ -23,6 +23,7 @@ special case needs more than zeroing the quadratic-only terms).
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple, Union
@@ -138,7 +139,8 @@ class NeuronFamily:
 
     def init_relinear_(self, terms: Mapping[str, nn.Module]) -> None:
         """Training initialisation (ReLinear, Fan et al. arXiv 2110.06081): start at the
-        linear special case. Families without one keep their default init."""
+        linear special case. Families without one keep their default init (``power`` scales its
+        weights down so that fresh stacks stay finite: see :class:`Power`)."""
         if self.has_linear_case:
             self.init_linear_(terms)
 
@@ -259,6 +261,8 @@ class Power(NeuronFamily):
     citation = 'the pure power term of Fan et al. 2018; no linear special case'
     terms = (Term('p', 'sq', True, False),)
     linear_term = None
+    #: RMS of a freshly initialised neuron's output for an input of unit RMS (Gaussian: E[x^4] = 3)
+    INIT_GAIN = 0.25
 
     @property
     def is_quadratic(self) -> bool:
@@ -266,6 +270,17 @@ class Power(NeuronFamily):
 
     def combine(self, t, ch, bias_of):
         return t['p']
+
+    def init_relinear_(self, terms):
+        # A power layer maps activations of RMS r to about r^2 times its weights' gain, so a stack of them
+        # without normalisation (eval mode with BatchNorm's initial statistics) squares its way from O(10) to
+        # inf within a few layers, and the next convolution's inf - inf is NaN. Training therefore starts with
+        # W ~ N(0, INIT_GAIN^2 / (3 fan_in)): a unit-RMS Gaussian input gives outputs of RMS INIT_GAIN, so
+        # r -> r^2 / 4 shrinks every r below 4 instead. The bias keeps its default init.
+        w = terms['p'].weight
+        fan_in = nn.init._calculate_fan_in_and_fan_out(w)[0]
+        with torch.no_grad():
+            w.normal_(0.0, self.INIT_GAIN / math.sqrt(3 * fan_in))
 
 
 class LowRank(NeuronFamily):

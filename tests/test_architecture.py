@@ -1,6 +1,7 @@
 """The shape of the code: qzoo's modules form layers (neuron math, layers, models, weights, data, engine,
-evaluation, tools) and no import runs upward, including imports inside functions; no import cycle; no
-function longer than about 60 lines."""
+evaluation, tools) and no import runs upward, including imports inside functions; no import cycle, between
+the layers nor among the modules inside a package (qzoo/data, qzoo/models); no function longer than about
+60 lines."""
 import ast
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def _modules():
         yield path, parts
 
 
-def _imports(path, parts):
-    """The qzoo modules ``path`` imports (top-level and inside functions), as top-level component names."""
+def _targets(path, parts):
+    """The qzoo modules ``path`` imports (top-level and inside functions), each as its parts below qzoo
+    (``['data', 'loader']`` for qzoo/data/loader.py; ``from . import x`` names the module ``x`` it imports)."""
     tree = ast.parse(path.read_text())
     pkg_parts = parts if path.name == '__init__.py' else parts[:-1]
     found = set()
@@ -56,18 +58,24 @@ def _imports(path, parts):
             if node.level:
                 base = pkg_parts[:len(pkg_parts) - node.level + 1] if node.level > 1 else pkg_parts
                 target = base + (node.module.split('.') if node.module else [])
-                if not target:  # 'from . import x' at the package root
-                    target = [alias.name for alias in node.names][:1]
             elif node.module and node.module.split('.')[0] == 'qzoo':
-                target = node.module.split('.')[1:] or [alias.name for alias in node.names][:1]
+                target = node.module.split('.')[1:]
             else:
                 continue
-            found.add(target[0] if target else '')
+            if node.module is None or not target:  # 'from . import x': x is a module of that package
+                found.update(tuple(target + [alias.name]) for alias in node.names)
+            else:
+                found.add(tuple(target))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split('.')[0] == 'qzoo' and '.' in alias.name:
-                    found.add(alias.name.split('.')[1])
+                    found.add(tuple(alias.name.split('.')[1:]))
     return found
+
+
+def _imports(path, parts):
+    """The qzoo modules ``path`` imports, as top-level component names (their layers)."""
+    return {target[0] for target in _targets(path, parts)}
 
 
 def test_every_module_has_a_layer():
@@ -89,37 +97,64 @@ def test_no_import_runs_upward():
     assert not bad, 'imports that run upward or sideways:\n' + '\n'.join(bad)
 
 
+def _find_cycle(graph):
+    """One import cycle of ``graph`` (node -> the nodes it imports) as a list of nodes, or None."""
+    seen, stack = set(), []
+
+    def visit(node):
+        if node in stack:
+            return stack[stack.index(node):] + [node]
+        if node in seen:
+            return None
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            cycle = visit(nxt)
+            if cycle:
+                return cycle
+        stack.pop()
+        seen.add(node)
+        return None
+    return next((c for c in map(visit, sorted(graph)) if c), None)
+
+
 def test_no_import_cycle_between_modules():
     graph = {}
     for path, parts in _modules():
         if parts:
             graph.setdefault(parts[0], set()).update(t for t in _imports(path, parts) if t in RANK and t != parts[0])
-    seen, stack = set(), []
+    cycle = _find_cycle(graph)
+    assert not cycle, 'import cycle: ' + ' -> '.join(cycle)
 
-    def visit(node):
-        if node in stack:
-            pytest.fail('import cycle: ' + ' -> '.join(stack[stack.index(node):] + [node]))
-        if node in seen:
-            return
-        stack.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            visit(nxt)
-        stack.pop()
-        seen.add(node)
-    for node in sorted(graph):
-        visit(node)
+
+PACKAGES = sorted({parts[0] for path, parts in _modules() if path.name == '__init__.py' and parts})
+
+
+@pytest.mark.parametrize('package', PACKAGES)
+def test_no_import_cycle_inside_a_package(package):
+    """Among the modules of one package (its __init__ included, under the package's name): two modules that
+    import each other, even inside a function, or a module that imports its own package, form a cycle."""
+    modules = {'.'.join(parts): (path, parts) for path, parts in _modules() if parts and parts[0] == package}
+    assert len(modules) > 1, f'qzoo/{package}: no modules found'
+
+    def module_of(target):  # 'from .x import name' reaches module x; 'from . import name' the package or x
+        return next(('.'.join(target[:n]) for n in range(len(target), 0, -1) if '.'.join(target[:n]) in modules),
+                    None)
+    graph = {me: {module_of(t) for t in _targets(path, parts)} - {None, me} for me, (path, parts) in modules.items()}
+    cycle = _find_cycle(graph)
+    assert not cycle, f'import cycle inside qzoo/{package}: ' + ' -> '.join(cycle)
 
 
 def _function_lengths():
+    """(file, function, lines): a function's lines from its ``def`` to its end, its docstring left out."""
     for path, _ in _modules():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                body = node.body
-                if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], 'value', None), ast.Constant) \
-                        and isinstance(body[0].value.value, str):
-                    body = body[1:]  # the docstring does not count
-                if body:
-                    yield path, node.name, body[-1].end_lineno - body[0].lineno + 1
+                lines = node.end_lineno - node.lineno + 1
+                first = node.body[0]
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                        and isinstance(first.value.value, str):
+                    lines -= first.end_lineno - first.lineno + 1  # the docstring does not count
+                yield path, node.name, lines
 
 
 def test_no_function_longer_than_about_60_lines():

@@ -348,12 +348,12 @@ def test_cifar_shipped_pack_equals_shared():
     src = need_shared('data', 'cifar10-jpeg75.npz')
     keys = ['header', 'classes', 'test_scans', 'test_offsets', 'test_labels']
     full = _common.load_npz(src, keys)
-    pack = _common.load_npz(_common.REPO_DATA / cifar.TEST_PACK, keys)
+    pack = _common.load_npz(_common.repo_data() / cifar.TEST_PACK, keys)
     assert all(np.array_equal(full[k], pack[k]) for k in keys)
     a = cifar.decode_jpeg_split(full['header'], full['test_scans'], full['test_offsets'])
     b = cifar.decode_jpeg_split(pack['header'], pack['test_scans'], pack['test_offsets'])
     assert a.shape == (10000, 3, 32, 32) and np.array_equal(a, b)
-    manifest = json.loads((_common.REPO_DATA / 'MANIFEST.json').read_text())
+    manifest = json.loads((_common.repo_data() / 'MANIFEST.json').read_text())
     assert manifest['files'][cifar.TEST_PACK]['source_sha256'] == _common.sha256_file(src)
 
 
@@ -632,8 +632,8 @@ def test_datasplits_summary_and_info_json():
 def test_shipped_pack_checked_against_manifest(tmp_path, monkeypatch):
     import shutil
     repo = tmp_path / 'data'
-    shutil.copytree(_common.REPO_DATA, repo)
-    monkeypatch.setattr(_common, 'REPO_DATA', repo)
+    shutil.copytree(_common.repo_data(), repo)
+    monkeypatch.setattr(_common, 'repo_data', lambda *what: repo)
     raw = bytearray((repo / cwru.TEST_PACK).read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     (repo / cwru.TEST_PACK).write_bytes(bytes(raw))
@@ -642,3 +642,23 @@ def test_shipped_pack_checked_against_manifest(tmp_path, monkeypatch):
     os.remove(repo / segmentation.DSB_TEST_PACK)
     with pytest.raises(FileNotFoundError, match=r'dsb2018-96-test.npz \(shipped with the repository\) is missing'):
         load_dataset('dsb2018-96', root=tmp_path / 'none', splits=('test',))
+
+
+def test_shipped_packs_are_found_in_the_checkout_when_the_package_is_installed_elsewhere(tmp_path, monkeypatch):
+    """An installed wheel (its package outside any checkout) run inside a clone reads the clone's data/; with no
+    checkout at all, the error says a checkout is needed and how to get one (not 'restore it with git')."""
+    from conftest import ROOT
+    from qzoo import checkout
+    monkeypatch.delenv('QZOO_DATA', raising=False)
+    site = tmp_path / 'site-packages'
+    (site / 'qzoo').mkdir(parents=True)
+    monkeypatch.setattr(checkout, 'PACKAGE_PARENT', site)   # where a wheel puts the package
+    monkeypatch.chdir(ROOT)                                 # the user's clone
+    ds = load_dataset('cwru', root=tmp_path / 'none', splits=('test',))
+    assert ds.info['fallback'].startswith(str(ROOT / 'data' / cwru.TEST_PACK))
+    assert _common.data_root() == ROOT.parent / 'shared' / 'data'   # <checkout>/../shared/data
+    monkeypatch.chdir(tmp_path)                             # no checkout anywhere
+    for name in ('cwru', 'cifar10-jpeg75', 'dsb2018-96'):
+        with pytest.raises(FileNotFoundError, match=r'reading data/\S+ .*needs a checkout of the qzoo repository.*'
+                                                    r'Fix: clone the repository and run the command inside it'):
+            load_dataset(name, root=tmp_path / 'none', splits=('test',))

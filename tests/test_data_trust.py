@@ -147,8 +147,8 @@ def test_cwru_windows_that_overflow_after_noise_are_refused(tmp_path):
 
 def _repo_copy(tmp_path, monkeypatch):
     repo = tmp_path / 'repo-data'
-    shutil.copytree(_common.REPO_DATA, repo)
-    monkeypatch.setattr(_common, 'REPO_DATA', repo)
+    shutil.copytree(_common.repo_data(), repo)
+    monkeypatch.setattr(_common, 'repo_data', lambda *what: repo)
     return repo
 
 

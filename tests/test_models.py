@@ -140,6 +140,29 @@ def test_every_neuron_in_a_model(neuron):
     assert m.neuron == qzoo.get_neuron(neuron).spec
 
 
+@pytest.mark.parametrize('neuron', qzoo.list_neurons())
+def test_every_model_of_every_neuron_family_is_finite_fresh_in_eval_mode(neuron):
+    """What timm's generic forward test asks of every model: a fresh one in eval mode (BatchNorm at its initial
+    statistics) gives finite outputs for random input of its default size. Every registered model, built with
+    each neuron family; a family without a linear special case is refused, saying so, by the models that
+    quadratize timm's ResNet. (A fresh power network used to square its activations to inf, then NaN.)"""
+    bad = []
+    for name in ALL:
+        torch.manual_seed(0)
+        try:
+            model = qzoo.create_model(name, neuron=neuron).eval()
+        except ValueError as e:
+            assert name in ('qresnet18', 'qresnet50') and 'no linear special case' in str(e), (name, e)
+            continue
+        cfg = model.pretrained_cfg  # sides above 96 capped (timm's tests cap flexible models' sizes too)
+        size = cfg['input_size'] if cfg['fixed_input_size'] else [min(s, 96) for s in cfg['input_size']]
+        with torch.inference_mode():
+            y = model(torch.randn(2, *size))
+        if not y.isfinite().all():
+            bad.append(name)
+    assert not bad, f'non-finite outputs of fresh {neuron} models in eval mode: {bad}'
+
+
 def test_bad_architecture_args():
     with pytest.raises(ValueError, match='6n\\+2'):
         qzoo.models.CifarResNet(depth=21)

@@ -12,9 +12,10 @@ Where qzoo departs from timm's image-classifier assumptions, the check is adapte
 * the MLPs take ``(N, F)`` or ``(N, F, 1, 1)`` and their features are vectors: they get timm's
   "non-standard" (vector feature) checks, as timm gives its MLP-like models;
 * the U-Nets predict maps: nothing is pooled, so the pooled-output checks do not apply to them;
-* fresh networks with the ``power`` neuron (``W x*x``) overflow in eval mode with BatchNorm's
-  initial statistics (activations are squared at every layer), so eval-mode checks first set the
-  BatchNorm statistics from the test batch (:func:`test_models.calibrate_bn`).
+* the forward check runs, as timm's does, on a fresh model in eval mode with BatchNorm's initial
+  statistics (the ``power`` family's initialisation keeps its squared activations finite there: see
+  :class:`qzoo.neurons.Power`); the other eval-mode checks first set the BatchNorm statistics from the
+  test batch (:func:`test_models.calibrate_bn`).
 """
 import copy
 import math
@@ -81,10 +82,9 @@ def _quiet():
 # ---- forward / backward (timm: test_model_forward, test_model_backward) ----------------
 @pytest.mark.parametrize('name', ALL)
 def test_forward(name):
-    model = _create(name)
-    x = _x(model)
-    y = calibrate_bn(model, x)(x)
-    assert y.shape[:2] == (1, model.num_classes) and not y.isnan().any()
+    model = _create(name).eval()
+    y = model(_x(model))
+    assert y.shape[:2] == (1, model.num_classes) and y.isfinite().all()
 
 
 @pytest.mark.parametrize('name', ALL)
@@ -140,6 +140,21 @@ def test_default_cfg_shapes(name):
     assert model(x).shape == feats.shape
     model = _create(name, num_classes=0, global_pool='').eval()
     assert model(x).shape == feats.shape
+
+
+@pytest.mark.parametrize('name', [n for n in ALL if n.startswith(('wdcnn', 'qcnn'))])
+def test_bearing_cfg_states_the_real_feature_size(name):
+    """A 1-D net's pool_size is its unpooled features' size: (1, L') in timm's layout (N, C, 1, L), which timm
+    builds from input_size, and (L',) in the native one (N, C, L), for the registered 2048-sample windows and
+    for a net built for another length (input_length= or img_size=), whose cfg then states its own sizes."""
+    for kw, length in (({}, 2048), (dict(input_length=4096), 4096), (dict(img_size=(1, 1024)), 1024)):
+        model = _create(name, **kw).eval()
+        cfg = model.pretrained_cfg
+        assert timm.data.resolve_data_config({}, model=model)['input_size'] == cfg['input_size'] == (1, 1, length)
+        x = torch.randn(2, *cfg['input_size'])
+        assert model.forward_features(x).shape == (2, model.num_features, *cfg['pool_size'])
+        assert model.forward_features(x.flatten(2)).shape == (2, model.num_features, cfg['pool_size'][1])
+    assert timm.create_model(name).pretrained_cfg['pool_size'] == (1, 3)
 
 
 def _check_vector_cfg(model, name, x, feats, pre):

@@ -21,8 +21,9 @@ import difflib
 import inspect
 from typing import Callable, Dict, List, Sequence
 
-from ._common import SPLITS, DataSplits, Split
+from ._common import SPLITS, Split
 from .loader import AUGMENTATIONS, BatchLoader
+from .splits import DataSplits
 from .cifar import load_cifar10, load_cifar10_jpeg75
 from .cwru import load_cwru
 from .segmentation import load_carvana, load_dsb2018_96

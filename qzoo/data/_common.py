@@ -1,4 +1,4 @@
-"""Pieces shared by the dataset loaders: the result dataclasses, where data and caches live,
+"""Pieces shared by the dataset loaders: a split's dataclass, where data and caches live,
 version-independent seeded splits, checked file access, content checks (labels, finite
 values, binary masks) and clear errors: :class:`~qzoo.errors.DataError` (a ValueError) for bad
 content, FileNotFoundError for missing files."""
@@ -10,19 +10,19 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..checkout import PACKAGE_PARENT
+from ..checkout import require as require_checkout
+from ..checkout import root as checkout_root
 from ..errors import DataError
 from ..fileio import atomic_open, sha256_file
 
 SPLITS = ('train', 'val', 'test')
-#: the repository's own data folder (shipped test packs, fixed split files)
-REPO_DATA = Path(__file__).resolve().parents[2] / 'data'
-DEFAULT_ROOT = Path(__file__).resolve().parents[3] / 'shared' / 'data'
 
 HOW_TO_POINT = ('set the environment variable QZOO_DATA to the folder that holds the data, or pass '
                 'root=... to load_dataset')
@@ -48,96 +48,14 @@ class Split:
         return len(self.x)
 
 
-@dataclass
-class DataSplits:
-    """What :func:`qzoo.data.load_dataset` returns. ``name`` is the precise name of the data
-    (options that change it included), to be used in cards, CSVs and plots."""
-    name: str
-    task: str
-    num_classes: int
-    in_shape: Tuple[int, ...]
-    classes: Optional[List[str]]
-    train: Optional[Split] = None
-    val: Optional[Split] = None
-    test: Optional[Split] = None
-    normalize: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
-    augment: Optional[str] = None
-    info: Dict[str, Any] = field(default_factory=dict)
-
-    def splits(self) -> Dict[str, Split]:
-        """The loaded splits by name."""
-        return {s: getattr(self, s) for s in SPLITS if getattr(self, s) is not None}
-
-    def loader(self, split: str, batch_size: int, **kwargs):
-        """A :class:`~qzoo.data.BatchLoader` for one split with this dataset's defaults:
-        ``'train'`` shuffles and uses ``augment``; every split uses ``normalize``. Keyword
-        arguments override (``device=``, ``seed=``, ``rank=``, ...)."""
-        from .loader import BatchLoader
-        s = getattr(self, split, None) if split in SPLITS else None
-        if s is None:
-            raise ValueError(f'{self.name} has no {split!r} split loaded (loaded: {list(self.splits())})')
-        train = split == 'train'
-        kw = dict(shuffle=train, augment=self.augment if train else None, normalize=self.normalize)
-        kw.update(kwargs)
-        return BatchLoader(s, batch_size, **kw)
-
-    def summary(self) -> str:
-        """A small printable table: samples per class (or size / target statistics) and split."""
-        splits = self.splits()
-        head = f'{self.name} ({self.task}, in_shape={tuple(self.in_shape)}'
-        head += f', {self.num_classes} classes)' if self.task == 'classification' else ')'
-        names = list(splits)
-        rows: List[List[str]] = []
-        if self.task == 'classification':
-            classes = self.classes or [str(i) for i in range(self.num_classes)]
-            counts = {s: torch.bincount(sp.y, minlength=self.num_classes).tolist() for s, sp in splits.items()}
-            for c, cname in enumerate(classes):
-                rows.append([f'{c} {cname}'] + [str(counts[s][c]) for s in names])
-            rows.append(['total'] + [str(len(splits[s])) for s in names])
-        elif self.task == 'segmentation':
-            rows.append(['images'] + [str(len(splits[s])) for s in names])
-            rows.append(['foreground %'] + [f'{100 * sp.y.float().mean().item():.1f}' if len(sp) else '-'
-                                            for sp in splits.values()])
-        else:
-            rows.append(['samples'] + [str(len(splits[s])) for s in names])
-            rows.append(['y mean'] + [f'{sp.y.mean().item():.4g}' if len(sp) else '-' for sp in splits.values()])
-            rows.append(['y std'] + [f'{sp.y.std().item():.4g}' if len(sp) > 1 else '-' for sp in splits.values()])
-        table = [[''] + names] + rows
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        lines = [head]
-        for i, r in enumerate(table):
-            lines.append('  '.join(v.ljust(widths[0]) if j == 0 else v.rjust(widths[j]) for j, v in enumerate(r)))
-            if i == 0:
-                lines.append('  '.join('-' * w for w in widths))
-        return '\n'.join(lines)
-
-    def __repr__(self) -> str:
-        sizes = ', '.join(f'{s}={len(sp)}' for s, sp in self.splits().items())
-        return (f'DataSplits(name={self.name!r}, task={self.task!r}, num_classes={self.num_classes}, '
-                f'in_shape={tuple(self.in_shape)}, {sizes})')
-
-
-def split_counts(y: Tensor, num_classes: int) -> List[int]:
-    return torch.bincount(y.reshape(-1).long(), minlength=num_classes).tolist()
-
-
-def add_size_info(ds: DataSplits) -> DataSplits:
-    """Fill ``info['sizes']`` (and ``info['class_counts']`` for classification)."""
-    ds.info['sizes'] = {s: len(sp) for s, sp in ds.splits().items()}
-    if ds.task == 'classification':
-        classes = ds.classes or [str(i) for i in range(ds.num_classes)]
-        ds.info['class_counts'] = {s: dict(zip(classes, split_counts(sp.y, ds.num_classes)))
-                                   for s, sp in ds.splits().items()}
-    return ds
-
-
 # ----------------------------------------------------------------------------- places
 def data_root(root=None) -> Path:
-    """``root`` if given, else ``$QZOO_DATA``, else ``<checkout>/../shared/data``."""
+    """``root`` if given, else ``$QZOO_DATA``, else ``<checkout>/../shared/data`` (the checkout of
+    :func:`qzoo.checkout.root`; without one, beside the folder that holds the installed package)."""
     if root is not None:
         return Path(root).expanduser()
     env = os.environ.get('QZOO_DATA')
-    return Path(env).expanduser() if env else DEFAULT_ROOT
+    return Path(env).expanduser() if env else (checkout_root() or PACKAGE_PARENT).parent / 'shared' / 'data'
 
 
 def root_source(root=None) -> str:
@@ -265,8 +183,17 @@ def save_npz_atomic(path: Path, compressed: bool = False, **arrays) -> None:
         (np.savez_compressed if compressed else np.savez)(f, **arrays)
 
 
+def repo_data(what: str = "reading the repository's data/ folder") -> Path:
+    """The repository's own ``data/`` folder (shipped test packs, fixed split files) in the checkout of
+    :func:`qzoo.checkout.root`: the one qzoo runs from, else the current directory (an installed wheel run
+    inside a clone). Without a checkout, a FileNotFoundError that says ``what`` needs one and how to get it."""
+    return require_checkout(what) / 'data'
+
+
 def repo_pack(name: str) -> Path:
-    return REPO_DATA / name
+    """``name`` in the repository's ``data/`` folder (see :func:`repo_data`)."""
+    return repo_data(f"reading data/{name} (a file of the repository's data/ folder, which the installed "
+                     f"package does not include)") / name
 
 
 def check_pack(path: Path) -> str:
@@ -275,7 +202,7 @@ def check_pack(path: Path) -> str:
         raise FileNotFoundError(f'{path} (shipped with the repository) is missing: restore it with git '
                                 f'(git checkout -- data/) or regenerate it with data/make_packs.py')
     digest = sha256_file(path)
-    manifest = REPO_DATA / 'MANIFEST.json'
+    manifest = path.parent / 'MANIFEST.json'
     if manifest.exists():
         want = json.loads(manifest.read_text()).get('files', {}).get(path.name, {}).get('sha256')
         if want and want != digest:

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ._common import (STRATIFIED_RULE, DataSplits, Split, add_size_info, cache_dir, check_labels, check_pack,
-                      data_root, load_npz, missing, only_test, repo_pack, root_source, save_npz_atomic,
-                      sha256_array, sha256_file, stratified_holdout)
+from ._common import (STRATIFIED_RULE, Split, cache_dir, check_labels, check_pack, data_root, load_npz, missing,
+                      only_test, repo_pack, root_source, save_npz_atomic, sha256_array, sha256_file, stratified_holdout)
+from .splits import DataSplits, add_size_info
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

@@ -43,8 +43,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ._common import (DataSplits, Split, add_size_info, check_finite, check_pack, data_root, load_npz, missing,
-                      only_test, repo_pack, root_source, save_npz_atomic, sha256_file)
+from ._common import (Split, check_finite, check_pack, data_root, load_npz, missing, only_test, repo_pack, root_source,
+                      save_npz_atomic, sha256_file)
+from .splits import DataSplits, add_size_info
 
 CLASSES = ['normal', 'B007', 'B014', 'B021', 'IR007', 'IR014', 'IR021', 'OR007@6', 'OR014@6', 'OR021@6']
 FOLDER = 'cwru-12k-drive-end-0hp'
@@ -215,13 +216,23 @@ def load_cwru(root=None, splits: Sequence[str] = ('train', 'val', 'test'), snr_d
     else:
         segs, src = _segments_full(folder, splits)
     info['sources'] = src
+    out, info['windows'] = _windowed_splits(segs, src, splits, info['options'])
+    ds = DataSplits(name=_name(info['options']), task='classification', num_classes=10, in_shape=(1, WINDOW),
+                    classes=list(CLASSES), normalize=None, augment=None, info=info, **out)
+    return add_size_info(ds)
+
+
+def _windowed_splits(segs: Dict, src: Dict, splits: Sequence[str], options: Dict) -> Tuple[Dict, Dict]:
+    """({split: Split of every class's windows}, {split: {class: number of windows}}) from the segments
+    ``segs[class][split] = (start, signal)``, with the noise and normalisation ``options`` say."""
     out, windows = {}, {}
     for s in splits:
-        stride = int(train_stride if s == 'train' else eval_stride)
+        stride = options['train_stride'] if s == 'train' else options['eval_stride']
         xs, ys, st = [], [], []
         for ci, c in enumerate(CLASSES):
             seg_start, seg = segs[c][s]
-            w, starts = make_windows(seg, stride, snr_db, noise_seed, s, ci, normalize)
+            w, starts = make_windows(seg, stride, options['snr_db'], options['noise_seed'], s, ci,
+                                     options['normalize'])
             check_finite(w, f'{src[c]["file"]}, key {src[c].get("key", "signal")}: {s} windows after noise and '
                             f'normalisation', 'the recording holds values too large for float32 arithmetic')
             xs.append(w)
@@ -231,17 +242,20 @@ def load_cwru(root=None, splits: Sequence[str] = ('train', 'val', 'test'), snr_d
         x = torch.from_numpy(np.concatenate(xs)).unsqueeze(1)
         out[s] = Split(x, torch.from_numpy(np.concatenate(ys)),
                        meta={'start': torch.from_numpy(np.concatenate(st)), 'window': WINDOW, 'stride': stride})
-    info['windows'] = windows
+    return out, windows
+
+
+def _name(options: Dict) -> str:
+    """The data's precise name: ``cwru-0hp-<clean|snr<dB>db>`` plus every option off its default."""
+    snr_db = options['snr_db']
     name = 'cwru-0hp-' + ('clean' if snr_db is None else f'snr{snr_db:g}db')
     defaults = dict(train_stride=512, eval_stride=WINDOW, noise_seed=0, normalize='none')
     short = dict(train_stride='tr', eval_stride='ev', noise_seed='noise', normalize='norm-')
     for k, d in defaults.items():
-        v = info['options'][k]
+        v = options[k]
         if v != d and not (k == 'noise_seed' and snr_db is None):
             name += f'-{short[k]}{v}'
-    ds = DataSplits(name=name, task='classification', num_classes=10, in_shape=(1, WINDOW), classes=list(CLASSES),
-                    normalize=None, augment=None, info=info, **out)
-    return add_size_info(ds)
+    return name
 
 
 def write_test_pack(folder: Path, dst: Path) -> None:

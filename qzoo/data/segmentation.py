@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ._common import (DataSplits, Split, add_size_info, check_binary, check_pack, data_root, group_split,
-                      hash_rank, load_npz, missing, only_test, repo_pack, root_source, save_npz_atomic, sha256_file)
+from ._common import (Split, check_binary, check_pack, data_root, group_split, hash_rank, load_npz, missing, only_test,
+                      repo_pack, root_source, save_npz_atomic, sha256_file)
+from .splits import DataSplits, add_size_info
 
 DSB_FOLDER = 'dsb2018_96'
 DSB_SPLIT_FILE = 'dsb2018-96-split.json'

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ._common import DataSplits, Split, add_size_info, mix_seed
+from ._common import Split, mix_seed
+from .splits import DataSplits, add_size_info
 
 KINDS = {  # kind: (task, default dim, fixed dim?, default noise)
     'circles': ('classification', 2, True, 0.1),

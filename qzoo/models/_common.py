@@ -246,6 +246,9 @@ def build(model_cls, variant: str, pretrained: bool = False, **kwargs) -> nn.Mod
     img_size = getattr(model_cls, 'img_size_of', lambda kw: None)(kwargs)
     if img_size is not None:  # else timm passes the cfg's input_size[1:] as img_size to fixed-size models
         kwargs.setdefault('img_size', img_size)
+    overlay = getattr(model_cls, 'cfg_overlay', lambda kw: {})(kwargs)
+    if overlay:  # the cfg states the sizes of this instance (a 1-D net built for another window length)
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, **overlay)
     if kwargs.get('features_only') and hasattr(model_cls, 'feature_levels'):
         kwargs['feature_cfg'] = _feature_cfg(model_cls, variant, kwargs)
     return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

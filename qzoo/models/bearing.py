@@ -13,7 +13,7 @@ and ``neuron`` (of the convolutions; fully connected layers stay conventional).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch.fx
 import torch.nn.functional as F
@@ -52,11 +52,9 @@ class BearingCNN(nn.Module):
         self.channels, self.hidden, self.neuron = channels, hidden, fam.spec
         self.num_classes, self.in_chans, self.input_length = num_classes, in_chans, input_length
         self.drop_rate = drop_rate
-        stages, prev, length, reduction, self.feature_info = [], in_chans, input_length, 1, []
-        for i, ch in enumerate(channels):
-            k, s, p = (64, 8, 28) if i == 0 else (3, 1, 0 if i == 5 else 1)
-            length = (length + 2 * p - k) // s + 1
-            length //= 2
+        stages, prev, reduction, self.feature_info = [], in_chans, 1, []
+        length = _lengths(input_length)[-1]
+        for i, (ch, (k, s, p)) in enumerate(zip(channels, _GEOMETRY)):
             reduction *= 2 * s
             stages.append(nn.Sequential(
                 make_layer('conv1d', prev, ch, k, stride=s, padding=p, bias=True, neuron=fam),
@@ -77,6 +75,17 @@ class BearingCNN(nn.Module):
     def feature_levels(kwargs) -> int:
         """How many ``feature_info`` levels a BearingCNN has: its six conv stages."""
         return 6
+
+    @staticmethod
+    def cfg_overlay(kwargs) -> Dict[str, Any]:
+        """What the model ``kwargs`` build changes in its timm cfg: for a window length other than the
+        cfg's 2048, ``input_size`` (1, 1, length) and ``pool_size`` (1, final map length), the sizes that
+        instance takes and returns (published weights fit 2048 only: fc1 reads the flattened final map)."""
+        length = _input_length(kwargs.get('input_length'), kwargs.get('img_size'))
+        final = _lengths(length)[-1]
+        if length == _LENGTH or final < 1:  # the cfg's own; too short a window is refused by the constructor
+            return {}
+        return dict(input_size=(1, 1, length), pool_size=(1, final))
 
     @staticmethod
     def img_size_of(kwargs) -> Optional[Tuple[int, int]]:
@@ -153,7 +162,22 @@ def _input_length(input_length: Optional[int], img_size) -> int:
         if input_length is not None and input_length != size[1]:
             raise ValueError(f'BearingCNN: input_length={input_length} and img_size={img_size!r} disagree; give one')
         return size[1]
-    return 2048 if input_length is None else input_length
+    return _LENGTH if input_length is None else input_length
+
+
+#: the window length of the registered cfgs (CWRU windows)
+_LENGTH = 2048
+#: (kernel, stride, padding) of the six conv stages; each is followed by a 2-to-1 max pool
+_GEOMETRY = ((64, 8, 28),) + ((3, 1, 1),) * 4 + ((3, 1, 0),)
+
+
+def _lengths(input_length: int) -> List[int]:
+    """The length of the map after each stage for windows of ``input_length`` samples."""
+    lengths, length = [], input_length
+    for k, s, p in _GEOMETRY:
+        length = ((length + 2 * p - k) // s + 1) // 2
+        lengths.append(length)
+    return lengths
 
 
 _POOLS = ('flatten', '')
@@ -166,9 +190,10 @@ torch.fx.wrap('like_input')
 
 def _bearing_cfg(quadratic: bool):
     neuron = 'fan' if quadratic else 'linear'
-    return cfg(num_classes=10, input_size=(1, 1, 2048), pool_size=(1, 3), fixed_input_size=True, mean=(0.0,),
-               std=(1.0,), interpolation='', first_conv=layer_owners('features.0.0', 'conv1d', neuron),
-               classifier='fc2', paper_ids='arXiv:2303.06316',
+    return cfg(num_classes=10, input_size=(1, 1, _LENGTH), pool_size=(1, _lengths(_LENGTH)[-1]),
+               fixed_input_size=True, mean=(0.0,), std=(1.0,), interpolation='',
+               first_conv=layer_owners('features.0.0', 'conv1d', neuron), classifier='fc2',
+               paper_ids='arXiv:2303.06316',
                notes=('input_size is (channels, 1, length): the model takes (N, 1, 2048) vibration windows, or '
                       '(N, 1, 1, 2048) as timm builds them from input_size',))
 
