@@ -73,6 +73,7 @@ class ModelComparison:
     gain_verdict: stats.Verdict
     note: str
     cached: bool
+    in_curve: Optional[str] = None  #: the curve's group this published checkpoint is a seed of, if it is one
     seeds: int = 1
 
     @property
@@ -135,6 +136,8 @@ def _model_lines(c: Comparison, m: ModelComparison) -> List[str]:
         lines.append(f'  a conventional model: it is placed on the conventional curve, and "{ax.short} saved" is '
                      f'its distance to the frontier (negative: the zoo\'s conventional models reach its {label} '
                      f'with fewer {ax.words})')
+    if m.in_curve:
+        lines.append(f"  a seed of the curve's own group {m.in_curve}: the frontier it is read against includes it")
     cells = [(f'test {label}', f'{_m(m.metric.point, metric)}{_ci(m.metric.lo, m.metric.hi, lambda v: _m(v, metric))}'),
              (f'{ax.short} saved at equal {label}',
               _verdict_cell(m.saved.point, m.saved.lo, m.saved.hi, _pct, m.saved_verdict)),
@@ -253,15 +256,17 @@ def _interval(r: Mapping[str, Any], point: str, prefix: str) -> stats.Interval:
     return stats.Interval(r[point], r[f'{prefix}_lo'], r[f'{prefix}_hi'], r.get(f'{prefix}_defined', 1.0))
 
 
-def _model_result(u: _User, r: Mapping[str, Any], axis: str) -> ModelComparison:
+def _model_result(u: _User, r: Mapping[str, Any], axis: str, curve: Sequence[CurvePoint]) -> ModelComparison:
     ax = AXES[axis]
+    rec = u.job.record
+    in_curve = rec.group if rec is not None and rec.group in {p.group for p in curve} else None
     settings = f"{u.job.data} {json.dumps(u.job.args, sort_keys=True)} ({u.how})"
     return ModelComparison(
         weights=u.job.spec, label=r['group'], architecture=r['model'], neuron=r['neuron'], params=r['params'],
         macs=r['macs'], data=settings, metric=_interval(r, 'mean', 'mean'), curve_at_equal_metric=r[ax.at_equal],
         saved=_interval(r, ax.saved, ax.saved), saved_verdict=r[ax.verdicts[0]],
         gain=_interval(r, ax.gain, ax.gain_ci), gain_verdict=r[ax.verdicts[1]], note=r[ax.note],
-        cached=u.job.result.cached)
+        cached=u.job.result.cached, in_curve=in_curve)
 
 
 def _result(t: Dict[str, Any], users: List[_User], axis: str, seed: int) -> Comparison:
@@ -270,7 +275,7 @@ def _result(t: Dict[str, Any], users: List[_User], axis: str, seed: int) -> Comp
                              _interval(r, 'mean', 'mean')) for r in t['rows'] if r['family'] == 'conventional')
     return Comparison(t['dataset'], t['title'], t['metric'], t['higher'], axis, t['n_test'], t['design'],
                       t['replicates'], seed, curve,
-                      tuple(_model_result(u, rows[u.job.group], axis) for u in users), t)
+                      tuple(_model_result(u, rows[u.job.group], axis, curve) for u in users), t)
 
 
 def compare(weights: Union[str, Path, Sequence[Union[str, Path]]], dataset: Optional[str] = None, *,

@@ -145,8 +145,9 @@ def test_a_conventional_model_is_said_to_be_one_and_placed_on_the_same_curve(cac
     assert code == 0
     assert ('mlp_h8.synthetic-spheres-d10-s1: mlp_h8, conventional, 106 params, 96 MACs, one seed' in out)
     assert ('  a conventional model: it is placed on the conventional curve, and "params saved" is its distance to '
-            "the frontier (negative: the zoo's conventional models reach its top-1 accuracy with fewer parameters)"
-            ) in out
+            "the frontier (negative: the zoo's conventional models reach its top-1 accuracy with fewer parameters)\n"
+            "  a seed of the curve's own group mlp_h8.synthetic-spheres-d10: the frontier it is read against includes "
+            'it\n') in out
 
 
 def test_a_model_of_another_task_is_refused(tmp_path, capsys):
