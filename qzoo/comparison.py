@@ -25,6 +25,7 @@ import argparse
 import difflib
 import json
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,26 +120,27 @@ def _intro(c: Comparison) -> List[str]:
     xs = [getattr(p, c.axis) for p in c.curve]
     seeds = sorted({p.seeds for p in c.curve})
     seeds_s = f"{seeds[0]}{'' if len(seeds) == 1 else f'–{seeds[-1]}'} seed{'s' if seeds[-1] > 1 else ''} each"
-    return [f'{c.title} (`{c.dataset}`): test {label} on {c.n_test:,} examples, against the zoo\'s conventional '
-            f'frontier of {label} against log-{ax.words} ({len(c.curve)} published groups, {min(xs):,}–{max(xs):,} '
-            f'{ax.short}, {seeds_s}).',
-            f'95% paired bootstrap intervals, {c.replicates} replicates, seed {c.seed} ({c.design}; the same draws '
-            f"for the zoo's models). Each model here is one seed: its interval covers test-set sampling only, and "
-            f'no verdict that rests on one seed is established.']
+    paragraph = (f'{c.title} (`{c.dataset}`): test {label} on {c.n_test:,} examples, against the zoo\'s '
+                 f'conventional frontier of {label} against log-{ax.words} ({len(c.curve)} published groups, '
+                 f'{min(xs):,}–{max(xs):,} {ax.short}, {seeds_s}). 95% paired bootstrap intervals, {c.replicates} '
+                 f"replicates, seed {c.seed} ({c.design}; the same draws for the zoo's models). Each model here is "
+                 f'one seed: its interval covers test-set sampling only, and no verdict that rests on one seed is '
+                 f'established.')
+    return textwrap.wrap(paragraph, 100, break_on_hyphens=False)
 
 
 def _model_lines(c: Comparison, m: ModelComparison) -> List[str]:
     ax, label, metric = AXES[c.axis], _LABEL.get(c.metric, c.metric), c.metric
     kind = f'quadratic ({m.neuron})' if m.quadratic else 'conventional'
-    lines = [f'{m.label}: {m.architecture}, {kind}, {m.params:,} params, {m.macs:,} MACs, one seed; scored on '
-             f'{m.data}']
+    lines = [f'{m.label}: {m.architecture}, {kind}, {m.params:,} params, {m.macs:,} MACs, one seed']
     if not m.quadratic:
         lines.append(f'  a conventional model: it is placed on the conventional curve, and "{ax.short} saved" is '
                      f'its distance to the frontier (negative: the zoo\'s conventional models reach its {label} '
                      f'with fewer {ax.words})')
     if m.in_curve:
         lines.append(f"  a seed of the curve's own group {m.in_curve}: the frontier it is read against includes it")
-    cells = [(f'test {label}', f'{_m(m.metric.point, metric)}{_ci(m.metric.lo, m.metric.hi, lambda v: _m(v, metric))}'),
+    cells = [('scored on', m.data),
+             (f'test {label}', f'{_m(m.metric.point, metric)}{_ci(m.metric.lo, m.metric.hi, lambda v: _m(v, metric))}'),
              (f'{ax.short} saved at equal {label}',
               _verdict_cell(m.saved.point, m.saved.lo, m.saved.hi, _pct, m.saved_verdict)),
              (f'gain at equal {ax.short}', _verdict_cell(m.gain.point, m.gain.lo, m.gain.hi,

@@ -1,5 +1,6 @@
 """qzoo compare / qzoo.compare: a model of one's own on the zoo's curves, with the numbers `make eval` computes,
 by parameters and by MACs, a plot, and a clear error for every input that cannot be compared."""
+import re
 import shutil
 
 import pytest
@@ -45,6 +46,11 @@ def _saved(tmp_path, name, results=None, **model_args):
     return hub.save_pretrained(model, tmp_path / name, results=results)
 
 
+def _intro(text):
+    """The comparison's opening paragraph on one line (it is wrapped at 100 columns)."""
+    return ' '.join(text.split('\n\n')[0].split())
+
+
 def _cli(capsys, *args):
     code = comparison.main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -86,8 +92,9 @@ def test_one_seed_is_stated_and_establishes_nothing(cache):
     m = c.models[0]
     assert m.seeds == 1 and m.gain.lo > 0 and not m.gain_verdict.established
     assert m.gain_verdict.text == curves.ONE_SEED
-    assert 'Each model here is one seed: its interval covers test-set sampling only' in c.text()
-    assert ', one seed; scored on synthetic {"kind": "circles"} (the record\'s data_spec)' in c.text()
+    assert 'Each model here is one seed: its interval covers test-set sampling only' in _intro(c.text())
+    assert re.search(r'^qmlp_h2.synthetic-circles-d2-s0: qmlp_h2, quadratic \(fan\), 36 params, [\d,]+ MACs, one seed\n'
+                     r'  scored on: +synthetic \{"kind": "circles"\} \(the record\'s data_spec\)\n', c.text(), re.M)
 
 
 # ---- the command -----------------------------------------------------------------------------------------------
@@ -95,18 +102,18 @@ def test_a_run_folder_is_compared_on_its_own_dataset_with_a_plot(run, cache, cap
     png = tmp_path / 'plots' / 'mine.png'
     code, out, err = _cli(capsys, run, '--dataset', SPHERES, '--plot', png, '--bootstrap', REPS)
     assert code == 0, err
-    assert out.startswith(f"Synthetic concentric spheres, 10-D (`{SPHERES}`): test top-1 accuracy on 1,000 examples, "
-                          "against the zoo's conventional frontier of top-1 accuracy against log-parameters "
-                          '(5 published groups, 28–418 params, 5 seeds each).')
-    assert "my-qmlp: qmlp, quadratic (fan), 84 params, 88 MACs, one seed; scored on synthetic " \
-           "{\"dim\": 10, \"kind\": \"spheres\"} (its config.json's data_spec)" in out
+    assert _intro(out).startswith(f"Synthetic concentric spheres, 10-D (`{SPHERES}`): test top-1 accuracy on 1,000 "
+                                  "examples, against the zoo's conventional frontier of top-1 accuracy against "
+                                  'log-parameters (5 published groups, 28–418 params, 5 seeds each).')
+    assert "my-qmlp: qmlp, quadratic (fan), 84 params, 88 MACs, one seed\n" in out
+    assert "  scored on:  " in out and "synthetic {\"dim\": 10, \"kind\": \"spheres\"} (its config.json's data_spec)" in out
     for what in ('test top-1 accuracy:', 'params saved at equal top-1 accuracy:', 'gain at equal params:'):
         line = next(x for x in out.splitlines() if x.strip().startswith(what))
         assert ('[' in line or 'not established (' in line) and ('established' in line or what.startswith('test'))
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert 'my-qmlp' in err and f'bootstrap {SPHERES}' in err and '%|' in err     # the progress line
     code, out, _ = _cli(capsys, run, '--axis', 'macs', '--bootstrap', REPS)
-    assert code == 0 and 'against log-MACs per example (5 published groups, 24–384 MACs' in out
+    assert code == 0 and 'against log-MACs per example (5 published groups, 24–384 MACs' in _intro(out)
     assert 'MACs saved at equal top-1 accuracy:' in out and 'gain at equal MACs:' in out
 
 
@@ -143,7 +150,7 @@ def test_a_run_folder_records_its_data_settings(run):
 def test_a_conventional_model_is_said_to_be_one_and_placed_on_the_same_curve(cache, capsys):
     code, out, _ = _cli(capsys, 'mlp_h8.synthetic-spheres-d10-s1', '--bootstrap', REPS)
     assert code == 0
-    assert ('mlp_h8.synthetic-spheres-d10-s1: mlp_h8, conventional, 106 params, 96 MACs, one seed' in out)
+    assert 'mlp_h8.synthetic-spheres-d10-s1: mlp_h8, conventional, 106 params, 96 MACs, one seed\n' in out
     assert ('  a conventional model: it is placed on the conventional curve, and "params saved" is its distance to '
             "the frontier (negative: the zoo's conventional models reach its top-1 accuracy with fewer parameters)\n"
             "  a seed of the curve's own group mlp_h8.synthetic-spheres-d10: the frontier it is read against includes "
