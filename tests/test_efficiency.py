@@ -298,3 +298,14 @@ def test_the_csv_has_the_macs_columns(tmp_path):
     assert float(q['macs_saved']) == pytest.approx(0.7) and q['macs_saved_verdict'] == curves.ONE_SEED
     assert next(r for r in rows if r['model'] == 'big')['macs_saved'] == ''
     assert eff.macs_markdown(_table([_job('small', 'linear', 100, _correct(0.7, 0))])) == []
+
+
+def test_plot_labels_of_a_model_shared_with_an_external_checkpoint():
+    """akamaster/resnet20's architecture is also called resnet20: with it available offline, labelling the published
+    resnet20 looked for an experiment in 'akamaster/resnet20' and raised IndexError (make eval died at its first
+    plot). External checkpoints and compared models are labelled by their own names and tell no experiment apart."""
+    rows = [dict(model='resnet20', group='resnet20.cifar10-jpeg75-e40', family='conventional'),
+            dict(model='resnet20', group='akamaster/resnet20', family='external'),
+            dict(model='resnet20', group='my-run', family='user'),
+            dict(model='qresnet20_w8', group='qresnet20_w8.cifar10-jpeg75-e40-cpu', family='quadratic', diverged=1)]
+    assert [curves.plot_label(r, rows) for r in rows] == ['resnet20', 'akamaster/resnet20', 'my-run', 'qresnet20_w8 †']
