@@ -116,9 +116,15 @@ def table_markdown(t: Dict[str, Any]) -> List[str]:
     return out + [''] + macs_markdown(t)
 
 
+def _per_param(v: float) -> str:
+    """MACs per parameter: whole numbers from 10 up, two decimals below (an MLP does fewer MACs than it has
+    parameters: biases are parameters that multiply nothing)."""
+    return f'{v:,.0f}' if v >= 10 else f'{v:.2f}'
+
+
 def _macs_cells(r: Dict[str, Any], t: Dict[str, Any]) -> List[str]:
     metric = t['metric']
-    cells = [r['group'], r['family'], f"{r['params']:,}", f"{r['macs']:,}", f"{r['macs'] / r['params']:.0f}",
+    cells = [r['group'], r['family'], f"{r['params']:,}", f"{r['macs']:,}", _per_param(r['macs'] / r['params']),
              f"{_m(r['mean'], metric)}{_ci(r.get('mean_lo'), r.get('mean_hi'), lambda v: _m(v, metric))}"]
     if r['family'] == 'quadratic':
         v_saved, v_gain = (r[k] for k in _MACS.verdicts)

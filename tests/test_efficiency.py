@@ -281,7 +281,7 @@ def test_the_macs_axis_reads_the_frontier_of_metric_against_log_macs():
                        '[95% CI] | gain at equal MACs [95% CI] | note |')
     assert [r.split(' | ')[0] for r in rows[1:]] == ['| small.circles', '| big.circles', '| quad.circles',
                                                      '| qbig.circles']
-    assert rows[3].startswith('| quad.circles | quadratic | 1,000 | 3,000 | 3 | 90.00 [') and \
+    assert rows[3].startswith('| quad.circles | quadratic | 1,000 | 3,000 | 3.00 | 90.00 [') and \
         '| +70.0% [+70.0%, +70.0%] established |' in rows[3]
     # the curve's own verdict rule: one seed per group establishes nothing
     one = _table([j for j in jobs if j.spec.endswith('-s0')])
