@@ -17,6 +17,7 @@ COMMANDS = {
     'launch': ('qzoo.launch', 'main', 'run recipes side by side, fit them to a time budget; the GPU presets'),
     'validate': ('qzoo.evaluation', 'main', 'score weights on a dataset split'),
     'eval': ('qzoo.efficiency', 'main', 'accuracy per parameter of the published weights, with intervals'),
+    'compare': ('qzoo.comparison', 'main', "your own weights on the zoo's curves (by parameters or MACs), with intervals"),
     'bench': ('qzoo.benchmark', 'cli', 'speed of models and quadratic layers (CPU, CUDA, ONNX); the GPU suite'),
     'publish': ('qzoo.publish', 'main', 'publish training runs as zoo weights; pin defaults; refresh'),
     'cards': ('qzoo.cli', 'cards_main', 'regenerate config.json, cards and MODEL_CARDS.md from the records'),

@@ -5,6 +5,7 @@
     import qzoo, timm
     model = timm.create_model('qcnn', pretrained=True)      # or qzoo.create_model(...)
     qzoo.list_models(pretrained=True)                       # published weights, '<architecture>.<tag>'
+    print(qzoo.compare('runs/my-run'))                      # your own weights on the zoo's curves
 """
 __version__ = '0.1.0'
 
@@ -17,6 +18,7 @@ from . import models
 from .registry import create_model, list_models, register_all
 from .errors import CheckpointError
 from .hub import from_pretrained, save_pretrained
+from .comparison import compare, Comparison
 
 register_all()
 
@@ -24,5 +26,5 @@ __all__ = [
     'get_neuron', 'list_neurons', 'NeuronFamily', 'QuadraticLinear', 'QuadraticConv1d', 'QuadraticConv2d',
     'QuadraticConvTranspose1d', 'QuadraticConvTranspose2d', 'QuadraticLayer', 'quadratize',
     'count_params', 'count_macs', 'create_model', 'list_models', 'from_pretrained', 'save_pretrained',
-    'CheckpointError', 'relinear', 'measure', 'models',
+    'CheckpointError', 'relinear', 'measure', 'models', 'compare', 'Comparison',
 ]

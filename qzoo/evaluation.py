@@ -29,7 +29,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from .measure import count_macs, count_params
 from .metrics import Metrics, evaluate
 
 __all__ = ['load_any', 'external_available', 'evaluate_on', 'validate', 'evaluate_spec', 'Evaluation', 'Scores',
+           'TrainedOn', 'training_data', 'parse_data_args',
            'score_split', 'check_fits_data', 'DataMismatchError', 'data_settings', 'load_split', 'EvalCache',
            'EVAL_VERSION', 'frontier', 'params_at_metric', 'metric_at_params', 'compare_to_curve',
            'efficiency_rows', 'TIMM_COLUMNS', 'QZOO_COLUMNS', 'write_results_csv', 'main']
@@ -101,24 +102,58 @@ def _record(spec: str):
         return None
 
 
+@dataclass(frozen=True)
+class TrainedOn:
+    """What weights were trained on, where it is recorded: the task, the dataset's name as its loader
+    gives it (e.g. ``cwru-0hp-snr-6db-tr256-ev256``), the ``qzoo.data`` settings (``{'name', 'args'}``)
+    and where the record was read (``how``, for messages)."""
+    task: Optional[str]
+    dataset: Optional[str]
+    data_spec: Mapping[str, Any]
+    how: str
+
+
+def training_data(spec: str) -> Optional[TrainedOn]:
+    """What weights ``spec`` were trained on: a published checkpoint's record, or the ``qzoo.results``
+    block of the ``config.json`` of a folder (what ``qzoo train`` and ``qzoo.hub.save_pretrained(results=...)``
+    write) or of an ``hf-hub:`` repository. None for weights that record nothing (a bare ``.safetensors``
+    file, a URL, an external checkpoint, a folder saved without results) and for a spec that names no
+    weights (loading it says why); a folder whose config.json is unreadable raises the loader's
+    :class:`~qzoo.errors.CheckpointError`."""
+    rec = _record(spec)
+    if rec is not None:
+        return TrainedOn(rec.task, rec.dataset, dict(rec.data_spec), "the record's data_spec")
+    s = str(spec)
+    if not (s.startswith('hf-hub:') or Path(s).expanduser().is_dir()):
+        return None
+    from .hub import resolve_spec
+    results = ((resolve_spec(s)[2].get('config') or {}).get('qzoo') or {}).get('results')
+    if not isinstance(results, Mapping) or not isinstance(results.get('data_spec'), Mapping) \
+            or 'name' not in results['data_spec']:
+        return None
+    return TrainedOn(results.get('task'), results.get('dataset'), dict(results['data_spec']),
+                     "its config.json's data_spec")
+
+
 # ---- data settings -------------------------------------------------------------------------------
 def data_settings(spec: str, data: Optional[str] = None, data_args: Optional[Mapping[str, Any]] = None,
                   use_record: bool = True) -> Tuple[str, Dict[str, Any], str]:
     """``(dataset, options, where they came from)`` to score weights ``spec`` with.
 
-    A published checkpoint is scored with the settings its test metrics were measured with (its
-    record's ``data_spec``) unless ``use_record`` is False or ``data`` names another dataset;
+    Weights that record what they were trained on (:func:`training_data`: a published checkpoint, a
+    run folder of ``qzoo train``) are scored with those settings (for a published checkpoint, the ones its
+    test metrics were measured with) unless ``use_record`` is False or ``data`` names another dataset;
     ``data_args`` override single options on top. Other weights need ``data``."""
-    rec = _record(spec) if use_record else None
+    rec = training_data(spec) if use_record else None
     over = dict(data_args or {})
     if rec is not None and data in (None, rec.data_spec['name']):
         args = dict(rec.data_spec.get('args') or {}, **over)
-        how = "the record's data_spec" + (f', overridden: {sorted(over)}' if over else '')
+        how = rec.how + (f', overridden: {sorted(over)}' if over else '')
         return rec.data_spec['name'], args, how
     if data is None:
-        raise ValueError(f'{spec!r} is not a published checkpoint, so its data settings are unknown: name the '
-                         f'dataset to score it on (--data NAME [--data-arg KEY=VALUE ...]; '
-                         f'qzoo.data.list_datasets() lists them)')
+        raise ValueError(f'{spec!r} is not a published checkpoint or a run folder that records its training data, '
+                         f'so its data settings are unknown: name the dataset to score it on (--data NAME '
+                         f'[--data-arg KEY=VALUE ...]; qzoo.data.list_datasets() lists them)')
     how = 'dataset defaults' + (f', overridden: {sorted(over)}' if over else '')
     return data, over, how
 
@@ -170,7 +205,7 @@ def check_fits_data(model: nn.Module, ds, split: str = 'test', spec: str = 'the 
     regression: one value per target)."""
     from .data import BatchLoader
     fix = _fix_hint(spec, record)
-    if record is not None and record.task != ds.task:
+    if record is not None and record.task and record.task != ds.task:
         raise DataMismatchError(f'{spec} is a {record.task} checkpoint (trained on {record.dataset}), but {ds.name} '
                                 f'is a {ds.task} dataset: its {Metrics.primary(ds.task)[0]} would mean nothing. {fix}')
     part = getattr(ds, split)
@@ -468,10 +503,12 @@ def _cached(cache: Optional[EvalCache], key: Optional[str], model: nn.Module, ds
 
 def evaluate_spec(spec: str, data: Optional[str] = None, data_args: Optional[Mapping[str, Any]] = None,
                   split: str = 'test', device: str = 'cpu', cache: Optional[EvalCache] = None,
-                  use_record: bool = True, batch_size: int = 500) -> Evaluation:
+                  use_record: bool = True, batch_size: int = 500,
+                  progress: Optional[Callable[[int], None]] = None) -> Evaluation:
     """Score weights ``spec`` on ``split`` (data settings from :func:`data_settings`), through
     ``cache`` when given: an entry is used only while the model still computes the outputs stored
-    with it on the first examples. Raises :class:`DataMismatchError` when the weights do not fit."""
+    with it on the first examples. Raises :class:`DataMismatchError` when the weights do not fit.
+    ``progress`` is called with the size of each batch as it is scored (not on a cache hit)."""
     name, args, how = data_settings(spec, data, data_args, use_record)
     ds, digest = load_split(name, args, split)
     ident = weights_identity(spec)
@@ -481,8 +518,14 @@ def evaluate_spec(spec: str, data: Optional[str] = None, data_args: Optional[Map
     if hit is not None:
         scores, base = hit
     else:
-        check_fits_data(model, ds, split, spec, _record(spec), device)
-        scores, base = score_split(model, ds, split, device, batch_size), _model_row(model, ds)
+        check_fits_data(model, ds, split, spec, training_data(spec), device)
+        hook = model.register_forward_hook(lambda m, i, out: progress(len(out))) if progress is not None else None
+        try:
+            scores = score_split(model, ds, split, device, batch_size)
+        finally:
+            if hook is not None:
+                hook.remove()
+        base = _model_row(model, ds)
         if key is not None:
             with one_thread():
                 cache.put(key, scores, base, probe(model, ds, split, device))
@@ -613,9 +656,10 @@ img_size, crop_pct, interpolation) plus dataset, split, data, data_args, neuron,
 sha256, ...
 
 A published checkpoint is scored with the data settings its card was measured with (its
-record's data_spec) unless told otherwise: --data-arg changes single options on top of them,
---data names another dataset, --data-defaults starts from the dataset's defaults instead.
-Other weights (folders, files, hf-hub:, URLs, external names) need --data.
+record's data_spec), a run folder of `qzoo train` with those it was trained with (its config.json),
+unless told otherwise: --data-arg changes single options on top of them, --data names another
+dataset, --data-defaults starts from the dataset's defaults instead. Other weights (files, URLs,
+external names, folders without a record) need --data.
 
     {prog} --weights qcnn.cwru-snr-6db-s1 wdcnn.cwru-snr-6db-s1
     {prog} --weights qcnn.cwru-snr-6db-s1 --data-arg eval_stride=2048
@@ -661,17 +705,26 @@ def _validate_parser(prog: Optional[str] = None):
     return ap
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
-    """``validate``: score each ``--weights`` (see :data:`VALIDATE_HELP`); 1 when any failed."""
+def parse_data_args(items: Sequence[str]) -> Dict[str, Any]:
+    """The ``--data-arg KEY=VALUE`` items as options (values read as YAML); ValueError naming a malformed one."""
     import yaml
-    ap = _validate_parser(prog)
-    a = ap.parse_args(argv)
-    data_args = {}
-    for item in a.data_arg:
+    out = {}
+    for item in items:
         k, sep, v = item.partition('=')
         if not sep or not k:
-            ap.error(f'--data-arg {item!r}: expected KEY=VALUE (e.g. snr_db=-6, eval_stride=2048)')
-        data_args[k] = yaml.safe_load(v)
+            raise ValueError(f'--data-arg {item!r}: expected KEY=VALUE (e.g. snr_db=-6, eval_stride=2048)')
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """``validate``: score each ``--weights`` (see :data:`VALIDATE_HELP`); 1 when any failed."""
+    ap = _validate_parser(prog)
+    a = ap.parse_args(argv)
+    try:
+        data_args = parse_data_args(a.data_arg)
+    except ValueError as e:
+        ap.error(str(e))
     cache = EvalCache(refresh=a.no_cache)
     rows, failed = [], []
     for spec in a.weights:

@@ -31,7 +31,8 @@ LAYERS = [
     ('monitor',),                              # per-step training diagnostics
     ('engine',),                               # training
     ('stats', 'evaluation'),                   # evaluation and its uncertainty
-    ('efficiency', 'publish', 'export'),       # the zoo's jobs
+    ('curves',),                               # the zoo's curves: groups, intervals, frontiers, the Pareto plot
+    ('efficiency', 'publish', 'export', 'comparison'),   # the zoo's jobs (make eval, publish, export, qzoo compare)
     ('benchmark', 'launch'),                   # the tools that measure (exported models too) and run them
     ('cli',),                                  # the command line: list, info, cards
 ]

@@ -119,7 +119,7 @@ def test_a_blow_up_is_on_the_card_the_default_rule_and_the_table(blown, tmp_path
         # the median rule alone would take the lower-validation seed of the two; a diverged run is never the default
         assert recs[c.name].default and not recs[w.name].default
         assert 'diverged are not defaults' in recs[c.name].default_reason
-        from qzoo.efficiency import Job, divergence_note, plot_label
+        from qzoo.curves import Job, divergence_note, plot_label
         jobs = [Job(n, r.dataset, 'synthetic', {}, record=r) for n, r in sorted(recs.items())]
         n, note = divergence_note(jobs)
         assert n == 1 and note.startswith(f's0 diverged at epoch 3 (loss ') and f'weights of epoch {sel}' in note
