@@ -42,7 +42,8 @@ import numpy as np
 from . import stats
 from .evaluation import (EvalCache, Evaluation, Scores, compare_to_curve, evaluate_spec, external_available,
                          frontier, load_split)
-from .fileio import atomic_write_bytes, atomic_write_text
+from .errors import NotARegularFileError
+from .fileio import atomic_write_bytes, atomic_write_text, check_target
 from .metrics import Metrics
 
 __all__ = ['main', 'human_name', 'design_for', 'replace_block', 'BEGIN', 'END']
@@ -931,12 +932,25 @@ def _write(tables: List[Dict[str, Any]], out: Path, a, readme_text: Optional[str
         atomic_write_text(a.readme, replace_block(readme_text, readme_block(tables, a.bootstrap), a.readme))
 
 
+def _check_outputs(ap, a) -> None:
+    """Refuse (before anything is scored) an --out or --readme that cannot be written as regular files
+    (:func:`qzoo.fileio.check_target`); --out is created when missing."""
+    out = Path(a.out)
+    for path, option in ((out / 'efficiency.csv', '--out'), (out / 'efficiency.md', '--out'),
+                         *(((Path(a.readme), '--readme'),) if a.readme else ())):
+        try:
+            check_target(path, parents=True)
+        except (NotARegularFileError, FileNotFoundError) as e:
+            ap.error(f'{option}: {e}')
+
+
 def main(argv: Optional[Sequence[str]] = None, default_out: str = 'results') -> int:
     from .weights import all_weights
     ap = _parser(default_out)
     a = ap.parse_args(argv)
     if a.bootstrap < 100:
         ap.error(f'--bootstrap must be at least 100 replicates for a 95% interval, got {a.bootstrap}')
+    _check_outputs(ap, a)
     records = all_weights()
     valid = sorted({w.dataset for w in records.values()} | set(EXTERNAL_DATA))
     datasets = _select(ap, a.dataset, valid)

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .fileio import atomic_open, sha256_bytes, sha256_file
+from .errors import CheckpointError, NotARegularFileError
+from .fileio import atomic_open, check_target, sha256_bytes, sha256_file
 from .measure import count_macs, count_params
 from .metrics import Metrics, evaluate
 
@@ -634,8 +634,7 @@ def write_results_csv(rows: List[Dict[str, Any]], path) -> None:
     """timm's results columns, then the qzoo columns any row has."""
     import csv
     cols = TIMM_COLUMNS + [c for c in QZOO_COLUMNS if any(c in r for r in rows)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_target(path, parents=True)
     with atomic_open(path, 'w') as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore', lineterminator='\n')
         w.writeheader()
@@ -672,6 +671,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         if not sep or not k:
             ap.error(f'--data-arg {item!r}: expected KEY=VALUE (e.g. snr_db=-6, eval_stride=2048)')
         data_args[k] = yaml.safe_load(v)
+    try:  # an unusable --results-file is refused before anything is scored
+        check_target(a.results_file, parents=True)
+    except (NotARegularFileError, FileNotFoundError) as e:
+        print(f'error: --results-file {a.results_file}: {e}', file=sys.stderr)
+        return 2
     cache = EvalCache(refresh=a.no_cache)
     rows, failed = [], []
     for spec in a.weights:
