@@ -14,7 +14,9 @@ epoch (:func:`_end_epoch`: validation, log, checkpoint, best weights), selection
 
 Guarantees: data order and augmentation depend only on (seed, epoch) and the RNG state is
 checkpointed, so 2 epochs straight == 1 + ``resume`` + 1 (same weights). The run folder is locked
-(``train.lock``) while a run uses it. Every file is written atomically, and an I/O failure raises
+(``train.lock``, never opened through a symbolic link) while a run uses it. A new run refuses a folder
+that holds a run unless ``force`` (which deletes that run's files first, so a failed run never leaves
+a mix of two runs). Every file is written atomically (:mod:`qzoo.fileio`), and an I/O failure raises
 :class:`~qzoo.errors.RunDirError` / :class:`~qzoo.errors.CheckpointWriteError` naming the path and
 the fix; a non-finite loss raises :class:`~qzoo.errors.TrainingDiverged` and keeps the last good
 checkpoint; a checkpoint that cannot be resumed raises :class:`~qzoo.errors.CheckpointError`.
@@ -56,8 +58,8 @@ from .monitor import StepMonitor
 from .recipe import Recipe, load_recipe, override_tag, recipe_help
 from .relinear import param_groups
 
-__all__ = ['train', 'warm_start', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged', 'CheckpointWriteError', 'CheckpointError',
-           'RecipeError', 'RunDirError']
+__all__ = ['train', 'warm_start', 'default_out', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged',
+           'CheckpointWriteError', 'CheckpointError', 'RecipeError', 'RunDirError']
 
 CKPT, BEST, LOG, LOCK, MONITOR = 'last.ckpt', 'best.safetensors', 'log.jsonl', 'train.lock', 'monitor.jsonl'
 #: every file a run writes in its folder (train.lock aside); a new run removes the previous run's first

@@ -453,8 +453,9 @@ def _tag_part(text: str) -> str:
 def override_tag(overrides: Sequence[str]) -> str:
     """A readable folder-name tag for ``key=value`` overrides: each key's last part followed by its value
     (``model_args.hidden=[2]`` -> ``hidden2``, ``lr=0.1`` -> ``lr0.1``), joined by '-', with every run of characters
-    other than letters, digits and ``. + _ -`` (and of two or more dots) replaced by '_'. A tag over :data:`TAG_MAX` characters is cut and
-    ended by 8 hex digits of the overrides' SHA-256, so that long override lists stay distinct."""
+    other than letters, digits and ``. + _ -`` (and of two or more dots) replaced by '_'. A tag over
+    :data:`TAG_MAX` characters is cut and ended by 8 hex digits of the overrides' SHA-256, so that long override
+    lists stay distinct."""
     parts = []
     for item in overrides:
         key, _, value = str(item).partition('=')

@@ -11,7 +11,7 @@ import yaml
 import procs
 from conftest import ROOT
 from inject import Stop, nan_at_step, stop_after_epoch
-from qzoo.engine import RecipeError, RunDirError, TrainingDiverged, default_out, load_recipe, main, train
+from qzoo.engine import RecipeError, RunDirError, TrainingDiverged, load_recipe, main, train
 from qzoo.hub import load_weights
 
 SYN = dict(model='qmlp', model_args={'hidden': [16]}, data='synthetic',
@@ -133,7 +133,8 @@ def test_a_folder_holding_a_run_is_refused_and_force_replaces_it(tmp_path, monke
     out = tmp_path / 'run'
     train(_cfg(), out, progress=False)
     before = _files(out)
-    with pytest.raises(RunDirError, match=f'{out} holds a finished run \\(qmlp on synthetic-circles.*--resume.*--force'):
+    with pytest.raises(RunDirError, match=f'{out} holds a finished run \\(qmlp on synthetic-circles.*--resume.*'
+                                          '--force'):
         train(_cfg(lr=0.5), out, progress=False)
     assert _files(out) == before
     part = tmp_path / 'part'  # an unfinished run is a run too
@@ -179,6 +180,7 @@ def test_a_symlinked_train_lock_is_refused_and_its_target_kept(tmp_path):
 
 
 def test_default_folders_tell_overrides_apart_and_a_finished_run_is_kept(tmp_path, monkeypatch, capsys):
+    from qzoo.engine import default_out
     recipe = tmp_path / 'tiny.yaml'
     recipe.write_text(yaml.safe_dump(dict(SYN, epochs=1, name='tiny')))
     r = load_recipe(recipe)
