@@ -832,7 +832,7 @@ def run(args, log) -> List[Dict[str, object]]:
         f'threads {torch.get_num_threads() if device.type == "cpu" else "-"}, batch {args.batch_size}, '
         f'{args.amp or "float32"}, channels_last={args.channels_last}, runtimes {args.runtimes}, rounds {args.rounds}')
     out = Path(args.results_file) if args.results_file else Path.cwd() / 'results' / f'benchmark-{mode}-{device.type}.csv'
-    check_target(out, parents=True)  # an unusable CSV path is refused before anything is measured
+    check_target(out)  # an unusable CSV path is refused before anything is measured
     try:
         if mode == 'layers':
             rows = bench_layers(args, device, log, out)

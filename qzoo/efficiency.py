@@ -934,13 +934,13 @@ def _write(tables: List[Dict[str, Any]], out: Path, a, readme_text: Optional[str
 
 def _check_outputs(ap, a) -> None:
     """Refuse (before anything is scored) an --out or --readme that cannot be written as regular files
-    (:func:`qzoo.fileio.check_target`); --out is created when missing."""
+    (:func:`qzoo.fileio.check_target`)."""
     out = Path(a.out)
     for path, option in ((out / 'efficiency.csv', '--out'), (out / 'efficiency.md', '--out'),
                          *(((Path(a.readme), '--readme'),) if a.readme else ())):
         try:
-            check_target(path, parents=True)
-        except (NotARegularFileError, FileNotFoundError) as e:
+            check_target(path)
+        except NotARegularFileError as e:
             ap.error(f'{option}: {e}')
 
 

@@ -672,8 +672,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             ap.error(f'--data-arg {item!r}: expected KEY=VALUE (e.g. snr_db=-6, eval_stride=2048)')
         data_args[k] = yaml.safe_load(v)
     try:  # an unusable --results-file is refused before anything is scored
-        check_target(a.results_file, parents=True)
-    except (NotARegularFileError, FileNotFoundError) as e:
+        check_target(a.results_file)
+    except NotARegularFileError as e:
         print(f'error: --results-file {a.results_file}: {e}', file=sys.stderr)
         return 2
     cache = EvalCache(refresh=a.no_cache)

@@ -80,8 +80,8 @@ def _file_above(path: Path) -> Optional[Path]:
 def check_target(path: PathLike, parents: bool = False) -> Path:
     """The file an atomic write of ``path`` replaces: ``path``, or the final target of a symbolic link ``path``
     (written through). Raises :class:`~qzoo.errors.NotARegularFileError` when it exists and is not a regular file,
-    when a folder above it is a file, or for a link loop; FileNotFoundError when its folder is missing (``parents``:
-    created instead). Nothing is written when it raises."""
+    when a folder above it is a file, or for a link loop; nothing is written then. Missing folders above it are
+    created with ``parents``, else left for the caller (a command checks its output paths before any work)."""
     path = Path(path)
     target = Path(os.path.realpath(path)) if os.path.islink(path) else path
     via = f' (the target of the symbolic link {path})' if target != path else ''
@@ -102,10 +102,7 @@ def check_target(path: PathLike, parents: bool = False) -> Path:
         raise NotARegularFileError(
             f'{target}{via} is {_kind(st.st_mode)}, not a regular file: qzoo writes a file by replacing it whole and '
             f'will not replace this. Fix: pass a file path (a new file, or a regular file to overwrite)')
-    if not target.parent.is_dir():
-        if not parents:
-            raise FileNotFoundError(f'cannot write {path}{via}: the folder {target.parent} does not exist. Fix: '
-                                    'create it, or choose a path in an existing folder')
+    if parents:
         target.parent.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -117,6 +114,9 @@ def atomic_open(path: PathLike, mode: str = 'wb') -> Iterator[IO[Any]]:
     if mode not in ('wb', 'w'):
         raise ValueError(f"atomic_open writes whole files: mode must be 'wb' or 'w', got {mode!r}")
     path = check_target(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f'cannot write {path}: the folder {path.parent} does not exist. Fix: create it, or '
+                                'choose a path in an existing folder')
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files

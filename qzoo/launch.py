@@ -571,8 +571,8 @@ class _Session:
                  train_deadline: Optional[float]):
         self.out, self.runs_base, self.smoke, self.parallel = out, runs_base, smoke, parallel
         self.sets, self.train_deadline, self.failed = list(sets), train_deadline, []
-        out.mkdir(parents=True, exist_ok=True)
-        self.log_file = out / 'session.log'
+        from qzoo.fileio import check_target
+        self.log_file = check_target(out / 'session.log', parents=True)  # appended to: never a FIFO or device
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -830,9 +830,9 @@ def _launch(a) -> int:
     from qzoo.fileio import check_target
     runs_dir = a.runs_dir or 'runs/launch'
     runs = plan(a.configs, a.set, a.grid, runs_dir)
-    check_target(Path(runs_dir) / 'summary.json', parents=True)  # refused before anything runs
+    check_target(Path(runs_dir) / 'summary.json')  # refused before anything runs
     if a.pack:
-        check_target(a.pack, parents=True)
+        check_target(a.pack)
     summary = run_batch(runs, a.parallel or 1, a.smoke, a.timeout, a.fit_in)
     _write_summary(runs_dir, summary)
     _print_summary(summary)
