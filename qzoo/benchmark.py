@@ -77,6 +77,8 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from .checkout import root as checkout_root
+from .errors import NotARegularFileError
+from .fileio import atomic_write_json, atomic_write_text, check_target
 
 TIMM_COLUMNS = ['model', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer_img_size',
                 'infer_gmacs', 'param_count', 'train_samples_per_sec', 'train_step_time', 'train_batch_size',
@@ -599,8 +601,7 @@ def bench_profile(args, device: torch.device, log, out: Path) -> List[Dict[str, 
 # ---- output -----------------------------------------------------------------------------
 def write_csv(path: Path, rows: List[Dict[str, object]], columns: List[str]) -> None:
     """Write ``rows`` (missing values empty) atomically, creating the folder."""
-    from qzoo.fileio import atomic_write_text
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_target(path, parents=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction='ignore', lineterminator='\n')
     w.writeheader()
@@ -704,7 +705,7 @@ def run_step(name: str, argv: List[str], timeout: float, out_dir: Path, log) -> 
     except StepTimeout as e:
         return 'timeout', f'{e}; the rows it finished are kept'
     except (Exception, SystemExit) as e:  # a failed step must not stop the others
-        (out_dir / f'{name}.error.txt').write_text(traceback.format_exc())
+        atomic_write_text(out_dir / f'{name}.error.txt', traceback.format_exc())
         return 'failed', f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""} (see {name}.error.txt)'
     finally:
         torch._dynamo.reset()
@@ -722,8 +723,7 @@ def run_suite(args, log) -> int:
     if not args.results_dir or not args.budget_s or args.budget_s <= 0:
         raise SystemExit('--suite gpu needs --budget-s SECONDS (> 0) and --results-dir DIR')
     t0, out_dir = time.monotonic(), Path(args.results_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from qzoo.fileio import atomic_write_json
+    check_target(out_dir / 'suite.csv', parents=True)
     atomic_write_json(out_dir / 'env.json', suite_env(args))
     budget, reserve = float(args.budget_s), min(10.0, 0.05 * float(args.budget_s))
     rows: List[Dict[str, object]] = []
@@ -832,6 +832,7 @@ def run(args, log) -> List[Dict[str, object]]:
         f'threads {torch.get_num_threads() if device.type == "cpu" else "-"}, batch {args.batch_size}, '
         f'{args.amp or "float32"}, channels_last={args.channels_last}, runtimes {args.runtimes}, rounds {args.rounds}')
     out = Path(args.results_file) if args.results_file else Path.cwd() / 'results' / f'benchmark-{mode}-{device.type}.csv'
+    check_target(out)  # an unusable CSV path is refused before anything is measured
     try:
         if mode == 'layers':
             rows = bench_layers(args, device, log, out)
@@ -867,7 +868,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         _watchdog(pre.budget_s)
     try:
         return main(argv)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, NotARegularFileError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
 

@@ -42,8 +42,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import stats
 from .curves import (AXES, EXTERNAL_DATA, ONE_SEED, Job, _LABEL, _ci, _m, _ms, _pct, _verdict_cell, plan, plot,
                      run_jobs, table_for)
+from .errors import NotARegularFileError
 from .evaluation import EvalCache
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, check_target
 
 __all__ = ['main', 'markdown', 'table_markdown', 'write_csv', 'readme_block', 'summary_sentence', 'headline_row',
            'replace_block', 'architecture_table', 'table_names', 'BEGIN', 'END', 'ARCH_BEGIN', 'ARCH_END']
@@ -460,12 +461,25 @@ def _write(tables: List[Dict[str, Any]], out: Path, a, readme_text: Optional[str
         atomic_write_text(a.readme, architecture_table(text, published, a.readme))
 
 
+def _check_outputs(ap, a) -> None:
+    """Refuse (before anything is scored) an --out or --readme that cannot be written as regular files
+    (:func:`qzoo.fileio.check_target`)."""
+    out = Path(a.out)
+    for path, option in ((out / 'efficiency.csv', '--out'), (out / 'efficiency.md', '--out'),
+                         *(((Path(a.readme), '--readme'),) if a.readme else ())):
+        try:
+            check_target(path)
+        except NotARegularFileError as e:
+            ap.error(f'{option}: {e}')
+
+
 def main(argv: Optional[Sequence[str]] = None, default_out: str = 'results') -> int:
     from .weights import all_weights
     ap = _parser(default_out)
     a = ap.parse_args(argv)
     if a.bootstrap < 100:
         ap.error(f'--bootstrap must be at least 100 replicates for a 95% interval, got {a.bootstrap}')
+    _check_outputs(ap, a)
     records = all_weights()
     valid = sorted({w.dataset for w in records.values()} | set(EXTERNAL_DATA))
     datasets = _select(ap, a.dataset, valid)

@@ -14,7 +14,9 @@ epoch (:func:`_end_epoch`: validation, log, checkpoint, best weights), selection
 
 Guarantees: data order and augmentation depend only on (seed, epoch) and the RNG state is
 checkpointed, so 2 epochs straight == 1 + ``resume`` + 1 (same weights). The run folder is locked
-(``train.lock``) while a run uses it. Every file is written atomically, and an I/O failure raises
+(``train.lock``, never opened through a symbolic link) while a run uses it. A new run refuses a folder
+that holds a run unless ``force`` (which deletes that run's files first, so a failed run never leaves
+a mix of two runs). Every file is written atomically (:mod:`qzoo.fileio`), and an I/O failure raises
 :class:`~qzoo.errors.RunDirError` / :class:`~qzoo.errors.CheckpointWriteError` naming the path and
 the fix; a non-finite loss raises :class:`~qzoo.errors.TrainingDiverged` and keeps the last good
 checkpoint; a checkpoint that cannot be resumed raises :class:`~qzoo.errors.CheckpointError`.
@@ -33,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -47,19 +49,23 @@ except ImportError:  # not POSIX: run folders are not locked
 from . import __version__
 from .checkout import code_identity
 from .divergence import Divergence, detect
-from .errors import (CheckpointError, CheckpointWriteError, DataError, DivergenceWarning, RecipeError,
-                     RunDirError, TrainingDiverged)
-from .fileio import atomic_open, atomic_write_json, atomic_write_text
+from .errors import (CheckpointError, CheckpointWriteError, DataError, DivergenceWarning, NotARegularFileError,
+                     RecipeError, RunDirError, TrainingDiverged)
+from .fileio import atomic_open, atomic_write_json, atomic_write_text, check_target, open_lock
 from .measure import count_macs, count_params
 from .metrics import Metrics, autocast, evaluate, loss_fn
 from .monitor import StepMonitor
-from .recipe import Recipe, load_recipe, recipe_help
+from .recipe import Recipe, load_recipe, override_tag, recipe_help
 from .relinear import param_groups
 
-__all__ = ['train', 'warm_start', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged', 'CheckpointWriteError', 'CheckpointError',
-           'RecipeError', 'RunDirError']
+__all__ = ['train', 'warm_start', 'default_out', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged',
+           'CheckpointWriteError', 'CheckpointError', 'RecipeError', 'RunDirError']
 
 CKPT, BEST, LOG, LOCK, MONITOR = 'last.ckpt', 'best.safetensors', 'log.jsonl', 'train.lock', 'monitor.jsonl'
+#: every file a run writes in its folder (train.lock aside); a new run removes the previous run's first
+RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'results.json', 'recipe.yaml', LOG, MONITOR, CKPT, BEST)
+#: the files that hold a run's training: a folder with one of them holds a run that a new run would overwrite
+TRAINED = ('results.json', 'model.safetensors', CKPT, BEST)
 CKPT_KEYS = ('model', 'optimizer', 'scheduler', 'epoch', 'best', 'best_epoch', 'rng', 'recipe_sha256', 'wall_time_s')
 
 
@@ -90,7 +96,9 @@ class RunDir:
     def _lock(self) -> None:
         lock = self.path / LOCK
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_lock(lock)  # never through a symbolic link: truncating it would truncate its target
+        except NotARegularFileError as e:
+            raise RunDirError(f'cannot lock the run folder {self.path}: {e}') from None
         except OSError as e:
             raise RunDirError(f'cannot write in the run folder {self.path} ({lock}: {e.strerror or e}). Fix: make it '
                               'writable or choose another --out') from None
@@ -186,6 +194,46 @@ class RunDir:
                 f'could not append epoch {epoch} to {self.file(name)} ({e.strerror or e}); the log up to '
                 f'the previous epoch is intact. Fix: free disk space or fix the permissions of {self.path}, then run '
                 'again with --resume') from e
+
+
+def _held_run(run: RunDir) -> str:
+    """What run the folder holds, in words ('' when none; a finished --smoke run counts as none)."""
+    held = [name for name in TRAINED if os.path.lexists(run.file(name))]
+    if not held:
+        return ''
+    try:
+        res = json.loads(run.file('results.json').read_text()) if 'results.json' in held else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        res = None
+    if isinstance(res, dict) and res.get('smoke') is True:
+        return ''
+    if isinstance(res, dict):
+        return (f'a finished run ({res.get("model")} on {res.get("dataset")}, {res.get("epochs")} epochs, '
+                f'results.json)')
+    return f'a run ({", ".join(held)})'
+
+
+def _claim(run: RunDir, resume: bool, force: bool) -> None:
+    """Check the folder's output paths (regular files or nothing); for a new run (not ``resume``) refuse a folder
+    that holds a run unless ``force``, then remove the previous run's files, so that a run that fails leaves only
+    its own files and never a mix of two runs."""
+    for name in RUN_FILES:
+        try:
+            check_target(run.file(name))
+        except NotARegularFileError as e:
+            raise RunDirError(f'the run folder {run.path} cannot be used: {e}') from None
+    if resume:
+        return
+    held = _held_run(run)
+    if held and not force:
+        raise RunDirError(f'the run folder {run.path} holds {held}; a new run would overwrite it. Fix: --resume to '
+                          'continue that run, another --out, or --force to replace it (its files are deleted)')
+    for name in RUN_FILES:
+        try:
+            run.file(name).unlink(missing_ok=True)
+        except OSError as e:
+            raise RunDirError(f'cannot remove {run.file(name)} of the previous run in {run.path} '
+                              f'({e.strerror or e}). Fix: remove it, or choose another --out') from None
 
 
 # ---- distributed & device -------------------------------------------------------------------
@@ -484,12 +532,14 @@ def _check_finite(s: _Setup, run: RunDir, loss_sum: torch.Tensor, epoch: int, st
         torch.distributed.all_reduce(bad)
     if bad.item() > 0:
         ckpt = run.file(CKPT)
-        good = (f'the last good checkpoint {ckpt} (end of epoch {epoch - 1}) is kept' if ckpt.exists() else
-                'no checkpoint had been written yet')
+        if epoch > 0 and ckpt.exists():
+            good, then = (f'the last good checkpoint {ckpt} (end of epoch {epoch - 1}) is kept',
+                          '--resume continues from the last good epoch')
+        else:  # the first epoch of the run: nothing finished, nothing to continue from
+            good, then = 'no epoch had finished, so no checkpoint was written', 'train again'
         raise TrainingDiverged(
             f'{s.recipe.name}: non-finite training loss in epoch {epoch} (by step {step}); stopped. {good}. '
-            'Fix: lower lr or quad_lr_scale, set grad_clip, or check the data; then --resume continues from the '
-            'last good epoch')
+            f'Fix: lower lr or quad_lr_scale, set grad_clip, or check the data; then {then}')
 
 
 def _train_epoch(s: _Setup, run: RunDir, epoch: int) -> Tuple[float, int, float, List[Dict[str, Any]]]:
@@ -637,10 +687,13 @@ def _as_recipe(recipe: Union[Recipe, Mapping[str, Any]]) -> Recipe:
 
 
 def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = False, smoke: bool = False,
-          recipe_path: Optional[str] = None, progress: bool = True, until_epoch: Optional[int] = None) -> Dict[str, Any]:
+          recipe_path: Optional[str] = None, progress: bool = True, until_epoch: Optional[int] = None,
+          force: bool = False) -> Dict[str, Any]:
     """Run ``recipe`` into folder ``out_dir``; returns the results dict (also results.json; ``{}`` on DDP
     ranks other than 0). ``resume`` continues from ``out_dir/last.ckpt``; ``smoke`` runs
     :meth:`Recipe.for_smoke` on a slice of the data; ``recipe_path`` is recorded in results.json.
+    A new run (not ``resume``) refuses a folder that holds a run (a finished --smoke run aside) with a
+    :class:`~qzoo.errors.RunDirError`, unless ``force``: then the previous run's files are deleted first.
     ``until_epoch``: stop once the epochs before it are done, without the selection and test evaluation
     (returns ``{}``; ``resume`` continues): a long run in slices, or a look at a few epochs of it."""
     r = _as_recipe(recipe)
@@ -649,6 +702,8 @@ def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = Fals
     dist = _setup_dist(r.device)
     device = _device(r.device, dist)
     with RunDir(out_dir, lock=dist.main) as run:
+        if dist.main:
+            _claim(run, resume, force)
         s = _build(r, dist, device, smoke)
         p = _restore(s, run, r.sha256()) if resume else _Progress()
         if dist.main:
@@ -685,8 +740,7 @@ def warm_start(recipe: Union[Recipe, Mapping[str, Any]], weights, epoch: int, ou
     dist = Dist()
     device = _device(r.device, dist)
     with RunDir(out_dir) as run:
-        if run.file(CKPT).exists() or run.file(LOG).exists():
-            raise RunDirError(f'{run.path} already holds a run; warm-start into an empty folder')
+        _claim(run, resume=False, force=False)
         s = _build(r, dist, device, False)
         s.model.load_state_dict(load_weights(weights, fix='give a weights file of this recipe\'s model')[0])
         step = epoch * len(s.train_loader)
@@ -713,10 +767,13 @@ TRAIN_HELP = """Train a zoo model from a recipe.
 (``python recipes/train.py ...`` in a checkout is the same command; ``torchrun ... recipes/train.py ...`` too.)
 Overrides use dotted keys (``model_args.width=8 smoke.epochs=2``); values are YAML. Outputs
 (see qzoo.engine): model.safetensors, config.json, README.md, results.json, recipe.yaml,
-log.jsonl and the resume state last.ckpt in --out (default runs/<name>-s<seed>, or
-runs/<name>-s<seed>-smoke). A bad recipe, a run folder in use or unwritable, a damaged
-checkpoint or a diverged run print ``error: ...`` and exit with status 2; Ctrl-C exits with 130
-(``--resume`` continues from the last finished epoch).
+log.jsonl and the resume state last.ckpt in --out (default runs/<name>-s<seed>, followed by a tag
+of the overrides other than seed, e.g. runs/<name>-s0-hidden2-lr0.1 for ``model_args.hidden=[2]
+lr=0.1`` (cut and ended by a short hash when long), and -smoke for --smoke). A folder that holds a
+run is not overwritten: --resume continues it, --force replaces it (its files are deleted first); a
+finished --smoke run is replaced without --force. A bad recipe, a run folder in use, holding a run
+or unwritable, a damaged checkpoint or a diverged run print ``error: ...`` and exit with status 2;
+Ctrl-C exits with 130 (``--resume`` continues from the last finished epoch).
 """
 
 #: what a run reports as ``error: ...`` (exit 2) rather than a traceback: the documented types
@@ -728,8 +785,10 @@ def _train_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog='recipe keys:\n' + recipe_help())
     ap.add_argument('--config', required=True, help='recipe YAML (recipes/<task>/<model>.yaml)')
-    ap.add_argument('--out', help='output folder (default runs/<name>-s<seed>)')
+    ap.add_argument('--out', help='output folder (default runs/<name>-s<seed>[-<overrides>])')
     ap.add_argument('--resume', action='store_true', help='continue from <out>/last.ckpt')
+    ap.add_argument('--force', action='store_true',
+                    help='replace the run that --out holds (its files are deleted first) instead of refusing')
     ap.add_argument('--smoke', action='store_true', help='tiny slice, 1 epoch, on CPU')
     ap.add_argument('--until-epoch', type=int, metavar='E',
                     help='stop after the epochs before E (no selection or test yet); --resume continues')
@@ -738,15 +797,25 @@ def _train_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def default_out(recipe: Recipe, overrides: Sequence[str] = (), smoke: bool = False) -> str:
+    """``runs/<name>-s<seed>``, then the tag of the overrides other than ``seed`` (:func:`qzoo.recipe.override_tag`),
+    then ``-smoke`` for a smoke run: runs with different overrides get different folders."""
+    rest = [o for o in overrides if str(o).partition('=')[0].strip() != 'seed']
+    return (f'runs/{recipe.name}-s{recipe.seed}' + (f'-{override_tag(rest)}' if rest else '')
+            + ('-smoke' if smoke else ''))
+
+
 def main(argv=None) -> int:
     """``qzoo train``: train the recipe of ``argv`` (see :data:`TRAIN_HELP`); returns the exit status and prints
     the run's summary as one JSON line."""
     args = _train_parser().parse_args(argv)
     try:
         recipe = load_recipe(args.config, args.overrides)
-        out = args.out or f'runs/{recipe.name}-s{recipe.seed}' + ('-smoke' if args.smoke else '')
+        if args.resume and args.force:
+            raise ValueError('--resume continues the run in --out and --force replaces it: give one of them')
+        out = args.out or default_out(recipe, args.overrides, args.smoke)
         res = train(recipe, out, resume=args.resume, smoke=args.smoke, recipe_path=args.config,
-                    progress=not args.no_progress, until_epoch=args.until_epoch)
+                    progress=not args.no_progress, until_epoch=args.until_epoch, force=args.force)
     except CLI_ERRORS as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -14,12 +14,15 @@ Each is (a subclass of) one of the documented types, so ``except ValueError`` /
 * :class:`DivergenceWarning` (a warning, not an error): the training loss blew up or the validation
   outputs became non-finite (:mod:`qzoo.divergence`); training goes on and the run records it.
 * ``OSError``: :class:`CheckpointWriteError` (a checkpoint or output could not be written;
-  the previous one is intact) and :class:`RunDirError` (a run folder that cannot be used).
+  the previous one is intact), :class:`RunDirError` (a run folder that cannot be used) and
+  :class:`NotARegularFileError` (a path qzoo writes or must read as a plain file is something else:
+  a folder, FIFO, device, socket, a symbolic link where links are not followed, or a path below a
+  file; :mod:`qzoo.fileio` refuses it instead of replacing or following it).
 """
 from __future__ import annotations
 
 __all__ = ['RecipeError', 'DataError', 'CheckpointError', 'TrainingDiverged', 'DivergenceWarning',
-           'CheckpointWriteError', 'RunDirError']
+           'CheckpointWriteError', 'RunDirError', 'NotARegularFileError']
 
 
 class RecipeError(ValueError):
@@ -48,3 +51,8 @@ class CheckpointWriteError(OSError):
 
 class RunDirError(OSError):
     """A run folder cannot be used: it is a file, not writable, or in use by another run."""
+
+
+class NotARegularFileError(OSError):
+    """A path that qzoo writes (or must read) as a regular file is something else: a folder, a FIFO, a device, a
+    socket, a symbolic link where links are not followed, or a path below a file. Nothing was written."""

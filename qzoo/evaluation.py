@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
-from .fileio import atomic_open, sha256_bytes, sha256_file
+from .errors import CheckpointError, NotARegularFileError
+from .fileio import atomic_open, check_target, sha256_bytes, sha256_file
 from .measure import count_macs, count_params
 from .metrics import Metrics, evaluate
 
@@ -678,8 +678,7 @@ def write_results_csv(rows: List[Dict[str, Any]], path) -> None:
     """timm's results columns, then the qzoo columns any row has."""
     import csv
     cols = TIMM_COLUMNS + [c for c in QZOO_COLUMNS if any(c in r for r in rows)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_target(path, parents=True)
     with atomic_open(path, 'w') as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore', lineterminator='\n')
         w.writeheader()
@@ -725,6 +724,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         data_args = parse_data_args(a.data_arg)
     except ValueError as e:
         ap.error(str(e))
+    try:  # an unusable --results-file is refused before anything is scored
+        check_target(a.results_file)
+    except NotARegularFileError as e:
+        print(f'error: --results-file {a.results_file}: {e}', file=sys.stderr)
+        return 2
     cache = EvalCache(refresh=a.no_cache)
     rows, failed = [], []
     for spec in a.weights:

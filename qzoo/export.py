@@ -33,7 +33,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, check_target
 
 __all__ = ['example_input_shape', 'export_program', 'export_onnx', 'onnxruntime_session',
            'onnxruntime_max_abs_diff', 'main']
@@ -131,14 +131,13 @@ def export_onnx(model: nn.Module, path: PathLike, input_shape: Optional[Sequence
     ``opset_version`` None takes torch's recommended opset. ``external_data`` None keeps the
     weights inside the file unless they pass protobuf's 2 GiB limit (then they go to
     ``<path>.data`` beside it). The model is checked with ``onnx.checker.check_model(...,
-    full_check=True)`` and its input/output names are verified. Parent folders are created;
+    full_check=True)`` and its input/output names are verified. Parent folders are created, and a
+    target that is not a regular file is refused first (:func:`qzoo.fileio.check_target`);
     a model inside the protobuf limit is checked first, then replaces ``path`` atomically."""
     _require('onnx', 'export_onnx')
     _require('onnxscript', 'export_onnx (torch.onnx.export with dynamo=True)')
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f'export_onnx: {path} is a folder; pass a file path such as {path / "model.onnx"}')
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_target(path, parents=True)  # a folder, FIFO, device or a path below a file: refused before the export
     if external_data is None:
         external_data = _param_bytes(model) > _PROTOBUF_LIMIT // 2
     with _EvalMode(model):
@@ -267,7 +266,7 @@ def _check_parity(model: nn.Module, path: Path, input_shape, dynamic: bool, rtol
 
 def main(argv=None) -> int:
     """``qzoo export`` (see :data:`EXPORT_HELP`); returns the exit status."""
-    from .errors import CheckpointError
+    from .errors import CheckpointError, NotARegularFileError
     from .registry import create_model
     a = _export_parser().parse_args(argv)
     pretrained = a.pretrained or a.name.startswith(('hf-hub:', 'local-dir:')) or '.' in a.name.split(':')[-1]
@@ -279,7 +278,7 @@ def main(argv=None) -> int:
               f'{path.stat().st_size / 1e3:.0f} kB; checked by onnx.checker)')
         if a.check and not _check_parity(model, path, shape, not a.static_batch, a.rtol):
             return 1
-    except (ValueError, TypeError, CheckpointError, FileNotFoundError, ImportError, IsADirectoryError) as e:
+    except (ValueError, TypeError, CheckpointError, FileNotFoundError, ImportError, NotARegularFileError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

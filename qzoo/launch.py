@@ -75,6 +75,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -113,18 +114,32 @@ class FitError(RuntimeError):
 
 
 # ---- planning ------------------------------------------------------------------------------
+#: what a --grid key and value may be: they become part of a run folder's name
+GRID_KEY = re.compile(r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*')
+GRID_VALUE = re.compile(r'[A-Za-z0-9.+_\[\]-]+')
+
+
+def _grid_item(item: str) -> Tuple[str, List[str]]:
+    """``KEY=V1,V2,...`` checked: a dotted recipe key and values of letters, digits and ``. + _ - [ ]`` without
+    '..' (no path separators): each run's folder is named after them (ValueError otherwise)."""
+    k, sep, vs = item.partition('=')
+    values = [v for v in vs.split(',') if v != '']
+    if not sep or not GRID_KEY.fullmatch(k) or not values:
+        raise ValueError(f'--grid {item!r}: expected KEY=V1,V2,... with a dotted recipe key (e.g. '
+                         f'quad_lr_scale=1e-2,1e-1 or model_args.width=8,16)')
+    bad = [v for v in values if not GRID_VALUE.fullmatch(v) or '..' in v]
+    if bad:
+        raise ValueError(f'--grid {item!r}: value(s) {", ".join(map(repr, bad))} cannot name a run folder: grid '
+                         f"values become part of <runs-dir>/<run>'s name, so they may hold only letters, digits "
+                         f"and . + _ - [ ], without '..' or path separators. Fix: give such values, or one run per "
+                         f'--set {k}=VALUE --runs-dir DIR')
+    return k, values
+
+
 def _grid(items):
-    keys, values = [], []
-    for item in items:
-        k, _, vs = item.partition('=')
-        keys.append(k)
-        values.append([v for v in vs.split(',') if v != ''])
-    for combo in itertools.product(*values) if keys else [()]:
-        yield [f'{k}={v}' for k, v in zip(keys, combo)]
-
-
-def _tag(overrides):
-    return '-'.join(o.split('=', 1)[0].split('.')[-1] + o.split('=', 1)[1] for o in overrides)
+    checked = [_grid_item(item) for item in items]
+    for combo in itertools.product(*(vs for _, vs in checked)) if checked else [()]:
+        yield [f'{k}={v}' for (k, _), v in zip(checked, combo)]
 
 
 def _config_path(path) -> str:
@@ -136,13 +151,15 @@ def _config_path(path) -> str:
 def plan(configs, sets=(), grid=(), runs_dir='runs/launch', extra: Optional[Dict[str, List[str]]] = None):
     """One run per recipe and grid point: ``overrides`` = sets + ``extra[config]`` + the grid point. Every recipe is
     loaded (checked) now, before anything starts."""
-    from qzoo.recipe import load_recipe
+    from qzoo.recipe import load_recipe, override_tag
     runs = []
+    grid_points = list(_grid(grid))  # checked before any recipe is read
     for cfg_path in map(_config_path, configs):
-        for g in _grid(grid):
+        for g in grid_points:
             overrides = list(sets) + list((extra or {}).get(cfg_path, [])) + g
             r = load_recipe(ROOT / cfg_path, overrides)
-            name = f'{r.name}-s{r.seed}' + (f'-{_tag(g)}' if g and not all(o.startswith('seed=') for o in g) else '')
+            name = f'{r.name}-s{r.seed}' + (f'-{override_tag(g)}' if g and not all(o.startswith('seed=') for o in g)
+                                            else '')
             runs.append(dict(config=cfg_path, overrides=overrides, out=str(Path(runs_dir).resolve() / name),
                              name=name))
     names = [r['name'] for r in runs]
@@ -293,7 +310,8 @@ class Child:
     runs, else its exit status, after killing whatever it left in its group; ``stop()`` kills the group."""
 
     def __init__(self, cmd: Sequence[str], log_file: Path, env=None, cwd=ROOT):
-        self.out = open(log_file, 'w')
+        from qzoo.fileio import check_target
+        self.out = open(check_target(log_file), 'w')  # a stream: not atomic, but never a FIFO, device or folder
         try:
             self.proc = subprocess.Popen(list(cmd), stdout=self.out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                          start_new_session=True, preexec_fn=_die_with_parent())
@@ -481,10 +499,10 @@ def _print_summary(summary, say=print) -> None:
 def pack(runs_dir, runs, path, weights: bool = True, resume_state: bool = False) -> None:
     """The summary and the run folders (without resume state and best-epoch copies unless ``resume_state``, without
     locks; without weights unless ``weights``) as one .tar.gz, written atomically."""
-    from qzoo.fileio import atomic_open
+    from qzoo.fileio import atomic_open, check_target
     skip = (set() if resume_state else {'best.safetensors'}) | (set() if weights else {'model.safetensors'})
     keep = {'.ckpt'} if resume_state else set()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    check_target(path, parents=True)
     with atomic_open(path, 'wb') as f, tarfile.open(fileobj=f, mode='w:gz') as tar:
         tar.add(Path(runs_dir) / 'summary.json', arcname='summary.json')
         for r in runs:
@@ -614,8 +632,8 @@ class _Session:
                  train_deadline: Optional[float], resume: bool = False):
         self.out, self.runs_base, self.smoke, self.parallel = out, runs_base, smoke, parallel
         self.sets, self.train_deadline, self.failed, self.resume = list(sets), train_deadline, [], resume
-        out.mkdir(parents=True, exist_ok=True)
-        self.log_file = out / 'session.log'
+        from qzoo.fileio import check_target
+        self.log_file = check_target(out / 'session.log', parents=True)  # appended to: never a FIFO or device
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -695,7 +713,8 @@ def _environment(out: Path, say) -> None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             lines.append(subprocess.run(['nvidia-smi', '--query-gpu=name,memory.used,memory.total', '--format=csv'],
                                         capture_output=True, text=True, timeout=30).stdout.strip())
-    (out / 'environment.txt').write_text('\n'.join(lines) + '\n')
+    from qzoo.fileio import atomic_write_text
+    atomic_write_text(out / 'environment.txt', '\n'.join(lines) + '\n')
     for line in lines:
         say(line)
 
@@ -882,8 +901,12 @@ def _check_args(ap, a) -> None:
 
 
 def _launch(a) -> int:
+    from qzoo.fileio import check_target
     runs_dir = a.runs_dir or 'runs/launch'
     runs = plan(a.configs, a.set, a.grid, runs_dir)
+    check_target(Path(runs_dir) / 'summary.json')  # refused before anything runs
+    if a.pack:
+        check_target(a.pack)
     summary = run_batch(runs, a.parallel or 1, a.smoke, a.timeout, a.fit_in)
     _write_summary(runs_dir, summary)
     _print_summary(summary)
@@ -893,7 +916,7 @@ def _launch(a) -> int:
 
 
 def main(argv=None) -> int:
-    from qzoo.errors import RecipeError
+    from qzoo.errors import NotARegularFileError, RecipeError
     ap = _parser()
     a = ap.parse_args(argv)
     _check_args(ap, a)
@@ -902,7 +925,7 @@ def main(argv=None) -> int:
             require_checkout(f'--preset {a.preset} (its recipes are in recipes/cifar10-jpeg75/)')
         with _signals_raise():
             return device_call(a) if a.preset else _launch(a)
-    except (RecipeError, FitError, ValueError, FileNotFoundError) as e:
+    except (RecipeError, FitError, ValueError, FileNotFoundError, NotARegularFileError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,9 +6,19 @@ plus the run's ``recipe.yaml`` and its ``log.jsonl`` gzip-compressed as ``log.js
 record in ``manifest.json``. ``config.json``, the card and ``MODEL_CARDS.md`` are generated
 from the record (:func:`write_folder_metadata`, :func:`refresh`).
 
+What is published is checked first: the run folder's files are regular files (no symbolic link is
+followed), recipe.yaml, results.json and log.jsonl belong to one complete run (:func:`_check_one_run`),
+what the weights and recipe.yaml determine (parameters, MACs, neuron, dataset, task, data_spec, seed,
+epochs) is derived from them and must agree with results.json (:func:`_facts`), and weights with a
+NaN/inf output on the validation or test split are refused.
+
 Publishing is atomic: the new folder is built beside the old one and swapped in only when
 complete, then the manifest is replaced in one rename; a failure at any point leaves the
-previous checkpoint and manifest as they were. Weights are stored in float16 when that
+previous checkpoint and manifest as they were. Every change of the records (publish, set_default,
+refresh) reads, changes and writes the manifest under a lock (``manifest.lock`` beside it), so
+concurrent publishes keep every record. Weights of the same name from another run are replaced only
+with ``force`` (``--force``), after a copy is kept outside the package (:func:`backups_dir`).
+Weights are stored in float16 when that
 moves the primary test metric by at most :data:`FP16_TOLERANCE` points (measured here by
 evaluating both), else in float32; the published metrics are those of the stored weights.
 
@@ -20,6 +30,7 @@ the median validation metric, so the default is a typical run, not the luckiest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import json
@@ -27,14 +38,18 @@ import os
 import shutil
 import statistics
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 
 from .cards import model_card, zoo_index
-from .errors import CheckpointError, RunDirError
-from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .checkout import is_checkout
+from .errors import CheckpointError, NotARegularFileError, RunDirError
+from .fileio import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_regular, locked, read_regular,
+                     sha256_bytes)
 from .hub import from_pretrained, write_config
 from .models import MODEL_FACTORIES
 from .registry import create_model, register_all, tag_cfg
@@ -57,9 +72,13 @@ PREFERRED_EXPERIMENT: Dict[str, Tuple[str, str]] = {
 
 # ---- records and their files ---------------------------------------------------------------
 def index_path() -> Optional[Path]:
-    """``MODEL_CARDS.md`` of the checkout that holds the checkpoints (None outside a checkout)."""
-    root = checkpoints_dir().resolve().parent.parent
-    return root / 'MODEL_CARDS.md' if (root / 'pyproject.toml').is_file() else None
+    """``MODEL_CARDS.md`` of the qzoo checkout whose package folder holds the checkpoints: only when the
+    checkpoints folder is exactly ``<checkout>/qzoo/checkpoints`` (:func:`qzoo.checkout.is_checkout`), else None
+    (a zoo elsewhere, e.g. ``$QZOO_CHECKPOINTS=myproject/models/zoo``, never writes beside itself)."""
+    ck = checkpoints_dir().resolve()
+    root = ck.parent.parent
+    return root / 'MODEL_CARDS.md' if (ck.name, ck.parent.name) == ('checkpoints', 'qzoo') and is_checkout(root) \
+        else None
 
 
 def related_experiments(w: Weights, records: Dict[str, Weights]) -> List[Dict[str, Any]]:
@@ -99,6 +118,25 @@ def _write_manifest(records: Dict[str, Weights]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {n: records[n].to_dict() for n in sorted(records)})
     clear_cache()
+
+
+#: the lock file beside the manifest that every change of the records holds (see :func:`_manifest_lock`)
+MANIFEST_LOCK = 'manifest.lock'
+
+
+@contextlib.contextmanager
+def _manifest_lock() -> Iterator[None]:
+    """Hold the zoo's manifest lock (an ``fcntl.flock`` on ``manifest.lock`` beside ``manifest.json``; another
+    publish waits) with the records cache cleared, so that what is read inside is the manifest as it is now: every
+    read-change-write of the records happens inside, and two publishes at once both keep their record."""
+    path = manifest_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.with_name(MANIFEST_LOCK)):
+        clear_cache()
+        try:
+            yield
+        finally:
+            clear_cache()
 
 
 def _write_index(records: Dict[str, Weights]) -> None:
@@ -175,14 +213,15 @@ def _pinned(records: Dict[str, Weights]) -> Dict[str, Tuple[str, str]]:
 
 def set_default(name: str, reason: str) -> Weights:
     """Make published weights ``name`` their architecture's default by hand; ``reason`` is stated on the card."""
-    records = dict(all_weights())
-    if name not in records:
-        raise CheckpointError(f'{name!r} is not published; published: {", ".join(sorted(records))}')
     if not reason or not reason.strip():
         raise ValueError('set_default needs a reason: it is printed on the card')
-    pinned = _pinned(records)
-    pinned[records[name].architecture] = (name, f'Chosen by hand: {reason.strip()}')
-    _commit(_apply_defaults(records, pinned), changed=[w.architecture for w in [records[name]]])
+    with _manifest_lock():
+        records = dict(all_weights())
+        if name not in records:
+            raise CheckpointError(f'{name!r} is not published; published: {", ".join(sorted(records))}')
+        pinned = _pinned(records)
+        pinned[records[name].architecture] = (name, f'Chosen by hand: {reason.strip()}')
+        _commit(_apply_defaults(records, pinned), changed=[records[name].architecture])
     return all_weights()[name]
 
 
@@ -221,13 +260,14 @@ def _rederived(w: Weights) -> Weights:
 def refresh() -> int:
     """Regenerate every folder's config.json and card, the defaults, the manifest and the index from the
     records and the folders' own files (weights untouched). Returns the number of checkpoints."""
-    derived = {n: _rederived(w) for n, w in all_weights().items()}
-    records = _apply_defaults(derived, _pinned(derived))
-    _write_manifest(records)
-    register_all()
-    for w in records.values():
-        write_folder_metadata(w, records=records)
-    _write_index(records)
+    with _manifest_lock():
+        derived = {n: _rederived(w) for n, w in all_weights().items()}
+        records = _apply_defaults(derived, _pinned(derived))
+        _write_manifest(records)
+        register_all()
+        for w in records.values():
+            write_folder_metadata(w, records=records)
+        _write_index(records)
     return len(records)
 
 
@@ -267,23 +307,39 @@ def _storage(results: Dict[str, Any], here, dtype: str) -> Tuple[str, Dict[str, 
     f32, f16 = here['float32']['test'][key], here['float16']['test'][key]
     check = dict(metric=key, fp32=f32, fp16=f16, unchanged=here['float16'] == here['float32'], tolerance=FP16_TOLERANCE)
     if dtype == 'auto':
-        dtype = 'float16' if abs(f16 - f32) <= FP16_TOLERANCE else 'float32'
+        dtype = 'float16' if abs(f16 - f32) <= FP16_TOLERANCE and not _nonfinite(here['float16']) else 'float32'
     if dtype not in ('float16', 'float32'):
         raise ValueError(f"dtype must be 'auto', 'float16' or 'float32', got {dtype!r}")
     return dtype, check
 
 
-def _recipe_overrides(run: Path, results: Dict[str, Any]) -> List[str]:
-    """``key=value`` for every recipe key whose value in the run (its resolved recipe.yaml) differs from what
-    the recipe file named in results.json gives today: the overrides the run was started with."""
-    import yaml
+def _nonfinite(metrics: Dict[str, Dict[str, float]]) -> Dict[str, int]:
+    """split -> samples whose outputs held NaN/inf (the ``nonfinite`` count of qzoo.metrics), where any did."""
+    return {split: int(m['nonfinite']) for split, m in metrics.items() if m.get('nonfinite')}
+
+
+def _check_finite_outputs(run: Path, here, dtype: str) -> None:
+    """Refuse weights whose outputs (as trained, or as stored in ``dtype``) are NaN/inf for any sample."""
+    for kind in dict.fromkeys(('float32', dtype)):
+        bad = _nonfinite(here[kind])
+        if bad:
+            where = ', '.join(f'{n} of the {split} samples' for split, n in bad.items())
+            raise CheckpointError(
+                f'{run}: the weights ({kind}, evaluated in float32 on the CPU) give non-finite (NaN/inf) outputs for '
+                f'{where}; their metrics would mean nothing, so they are not published. Fix: train again (grad_clip, '
+                f'a lower lr or quad_lr_scale) and publish a run whose selected epoch has finite outputs')
+
+
+def _recipe_overrides(ran: Dict[str, Any], results: Dict[str, Any]) -> List[str]:
+    """``key=value`` for every recipe key whose value in the run (its resolved recipe.yaml, ``ran``) differs from
+    what the recipe file named in results.json gives today: the overrides the run was started with."""
     from .recipe import load_recipe
     rel = Path(results.get('recipe') or '')
     # a relative recipe path is relative to where training ran: this directory or the checkout
     path = next((b / rel for b in (Path.cwd(), Path(__file__).resolve().parents[1]) if (b / rel).is_file()), rel)
-    if not results.get('recipe') or not path.is_file() or not (run / 'recipe.yaml').is_file():
+    if not results.get('recipe') or not path.is_file():
         return []
-    ran, now = yaml.safe_load((run / 'recipe.yaml').read_text()), load_recipe(path).to_dict()
+    now = load_recipe(path).to_dict()
     return [f'{k}={json.dumps(ran.get(k), separators=(",", ":"))}' for k in sorted(set(ran) | set(now))
             if ran.get(k) != now.get(k) and (ran.get(k) or now.get(k))]  # None and {} alike
 
@@ -293,44 +349,132 @@ def _recipe_overrides(run: Path, results: Dict[str, Any]) -> List[str]:
 LOG_NAME = 'log.jsonl.gz'
 
 
-def write_log_gz(src: Path, dst: Path) -> None:
-    """``src`` (a log.jsonl) gzip-compressed into ``dst``, the same bytes for the same log."""
+def write_log_gz(log: bytes, dst: Path) -> None:
+    """``log`` (the bytes of a log.jsonl) gzip-compressed into ``dst``, the same bytes for the same log."""
     import gzip
     buf = io.BytesIO()
     with gzip.GzipFile(filename='', mode='wb', compresslevel=9, fileobj=buf, mtime=0) as gz:
-        gz.write(Path(src).read_bytes())
+        gz.write(log)
     atomic_write_bytes(dst, buf.getvalue())
 
 
-def _read_run(run: Path) -> Dict[str, Any]:
+#: the files of a finished run that publishing reads
+RUN_FILES = ('results.json', 'config.json', WEIGHTS_NAME, 'recipe.yaml', 'log.jsonl')
+#: the results.json fields publishing needs (a run that lacks one did not finish)
+RESULTS_FIELDS = ('model', 'model_args', 'dataset', 'task', 'data_spec', 'neuron', 'params', 'macs', 'val', 'test',
+                  'primary_metric', 'epochs', 'selected_epoch', 'seed', 'device', 'recipe_sha256')
+
+
+@dataclass
+class _Run:
+    """A run folder as publishing read it: every file a regular file (not a link), read once."""
+    path: Path
+    results: Dict[str, Any]
+    ran: Dict[str, Any]          #: recipe.yaml, parsed
+    recipe_bytes: bytes
+    log: List[Dict[str, Any]]    #: log.jsonl's records
+    log_bytes: bytes
+
+
+def _run_file(run: Path, name: str, read: bool = True) -> bytes:
+    """The bytes of ``run/name`` (``read`` False: only checked, b''), a regular file that is not a symbolic link:
+    publish copies nothing a link points at."""
+    try:
+        if not read:
+            check_regular(run / name, f"a run's {name}")
+            return b''
+        return read_regular(run / name, f"a run's {name}")
+    except NotARegularFileError as e:
+        raise RunDirError(f'{e} (publish reads only the run\'s own files)') from None
+
+
+def _read_run(run: Path) -> _Run:
+    """The run's files, read and parsed; RunDirError naming the file when one is missing, not a regular file, a
+    link, or not what the engine writes."""
+    import yaml
+    from .divergence import read_log
     if not run.is_dir():
         raise RunDirError(f'{run} is not a run folder. Fix: give the --out folder of a finished recipes/train.py run')
-    missing = [f for f in ('results.json', 'config.json', WEIGHTS_NAME, 'recipe.yaml', 'log.jsonl')
-               if not (run / f).is_file()]
+    missing = [f for f in RUN_FILES if not os.path.lexists(run / f)]
     if missing:
         raise RunDirError(f'{run} lacks {", ".join(missing)}: it is not a finished run. Fix: finish it '
                           f'(recipes/train.py --resume) before publishing')
+    raw = {f: _run_file(run, f, read=f != WEIGHTS_NAME) for f in RUN_FILES}  # the weights: read by the loader
     try:
-        results = json.loads((run / 'results.json').read_text())
-    except ValueError as e:
-        raise RunDirError(f'{run / "results.json"} is not JSON ({e}). Fix: re-run the training') from None
+        results = json.loads(raw['results.json'])
+        ran = yaml.safe_load(raw['recipe.yaml'])
+        log = read_log(raw['log.jsonl'].decode().splitlines())
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RunDirError(f'{run}: results.json, recipe.yaml or log.jsonl is not what a training run writes '
+                          f'({type(e).__name__}: {e}). Fix: re-run the training') from None
+    if not isinstance(results, dict) or not isinstance(ran, dict):
+        raise RunDirError(f'{run}: results.json or recipe.yaml is not a mapping. Fix: re-run the training')
     if results.get('smoke'):
         raise ValueError(f'{run} is a --smoke run; publish real runs only')
     if results.get('model') not in MODEL_FACTORIES:
         raise CheckpointError(f'{run / "results.json"} names model {results.get("model")!r}, which is not a qzoo '
                               f'architecture (qzoo.list_models()). Fix: publish the runs recipes/train.py wrote')
-    return results
+    return _Run(run, results, ran, raw['recipe.yaml'], log, raw['log.jsonl'])
 
 
-def _ran_recipe(run: Path) -> Dict[str, Any]:
-    import yaml
-    try:
-        ran = yaml.safe_load((run / 'recipe.yaml').read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise RunDirError(f'{run / "recipe.yaml"} cannot be read ({e}). Fix: re-run the training') from None
-    if not isinstance(ran, dict):
-        raise RunDirError(f'{run / "recipe.yaml"} is not a recipe mapping. Fix: re-run the training')
-    return ran
+def _check_one_run(r: _Run) -> None:
+    """recipe.yaml, results.json and log.jsonl must come from one complete run: results.json has every field
+    publishing reads, the recipe's SHA-256 is the one results.json recorded, and the log holds epochs
+    0..epochs-1 once each, the selected epoch among them."""
+    res = r.results
+    fix = 'Fix: re-run the training into a new folder (or --resume the run that results.json describes)'
+    lacking = [k for k in RESULTS_FIELDS if k not in res]
+    if lacking:
+        raise RunDirError(f'{r.path / "results.json"} lacks {", ".join(lacking)}: not written by a finished run. {fix}')
+    if sha256_bytes(r.recipe_bytes) != res['recipe_sha256']:
+        raise RunDirError(f'{r.path / "recipe.yaml"} is not the recipe of the run in results.json (its SHA-256 '
+                          f'{sha256_bytes(r.recipe_bytes)[:12]} is not the recorded {str(res["recipe_sha256"])[:12]}): '
+                          f'the folder mixes two runs. {fix}')
+    epochs = [rec.get('epoch') for rec in r.log]
+    n = res['epochs']
+    if not isinstance(n, int) or isinstance(n, bool) or epochs != list(range(n)):
+        shown = epochs if len(epochs) <= 8 else epochs[:4] + ['...'] + epochs[-3:]
+        raise RunDirError(f'{r.path / "log.jsonl"} holds epochs {shown}, not 0..{n - 1 if isinstance(n, int) else n} '
+                          f'of the run in results.json ({n} epochs): it is not the complete log of that run. {fix}')
+    if res['selected_epoch'] not in epochs:
+        raise RunDirError(f'{r.path / "results.json"}: the selected epoch {res["selected_epoch"]!r} is not one of the '
+                          f'logged epochs 0..{n - 1}. {fix}')
+
+
+def _facts(r: _Run, model: torch.nn.Module):
+    """What the weights and recipe.yaml determine (model, its arguments, parameters, MACs, neuron, dataset, task,
+    data_spec, seed, epochs, primary metric), checked against results.json: RunDirError naming the first field
+    that differs. Returns (the facts, the dataset's test split)."""
+    from .data import load_dataset
+    from .measure import count_macs, count_params
+    from .metrics import Metrics
+    ran = r.ran
+    if not isinstance(ran.get('model_args') or {}, dict) or not isinstance(ran.get('data_args') or {}, dict):
+        raise RunDirError(f'{r.path / "recipe.yaml"}: model_args and data_args must be mappings. Fix: re-run the '
+                          'training')
+    facts: Dict[str, Any] = dict(model=ran.get('model'), model_args=ran.get('model_args') or {}, seed=ran.get('seed'),
+                                 epochs=ran.get('epochs'),
+                                 data_spec=dict(name=ran.get('data'), args=ran.get('data_args') or {}))
+    _same_facts(r, facts)
+    ds = load_dataset(facts['data_spec']['name'], splits=('test',), **facts['data_spec']['args'])
+    with torch.device('meta'):
+        built = create_model(facts['model'], num_classes=ds.num_classes, in_chans=ds.in_shape[0], **facts['model_args'])
+    if repr(built) != repr(model):
+        raise RunDirError(f'{r.path}: the weights (config.json, {WEIGHTS_NAME}) are not a model of recipe.yaml '
+                          f'({facts["model"]} {facts["model_args"]} on {ds.name}). Fix: re-run the training')
+    facts.update(params=count_params(model), macs=count_macs(model, (1, *ds.in_shape)),
+                 neuron=getattr(model, 'neuron', 'linear'), dataset=ds.name, task=ds.task,
+                 primary_metric=Metrics.primary(ds.task)[0])
+    _same_facts(r, facts)
+    return facts, ds
+
+
+def _same_facts(r: _Run, facts: Dict[str, Any]) -> None:
+    for k, v in facts.items():
+        if r.results.get(k) != v:
+            raise RunDirError(f'{r.path / "results.json"} says {k} {r.results.get(k)!r}, but the run\'s weights and '
+                              f'recipe.yaml give {v!r}: results.json does not describe this run. Fix: re-run the '
+                              f'training into a new folder')
 
 
 def _effective(results: Dict[str, Any], ran: Dict[str, Any], in_shape) -> Tuple[str, bool]:
@@ -423,33 +567,26 @@ def _stability(log: List[Dict[str, Any]], ran: Dict[str, Any], n_val: Optional[i
     return dict(divergence=d.to_dict() if d is not None else None, nonfinite=nonfinite_epochs(log))
 
 
-def _run_log(run: Path) -> List[Dict[str, Any]]:
-    from .divergence import read_log
-    try:
-        return read_log((run / 'log.jsonl').read_text().splitlines())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise RunDirError(f'{run / "log.jsonl"} is not a training log ({e}). Fix: re-run the training') from None
-
-
-def _record(results, run, variant, args, experiment, here, dtype, check, sha, ds, launch=None,
+def _record(r: _Run, facts, variant, args, experiment, here, dtype, check, sha, ds, launch=None,
             commit=None) -> Weights:
-    mine = here[dtype]
-    ran = _ran_recipe(run)
+    """The record of run ``r``: what the weights and recipe determine from ``facts`` (:func:`_facts`), the metrics
+    of the stored weights measured here, the training's details from results.json (device: it cannot be derived)."""
+    mine, results, ran = here[dtype], r.results, r.ran
     training = {k: results.get(k) for k in ('recipe', 'recipe_sha256', 'epochs', 'selected_epoch', 'selection',
                                             'device', 'world_size', 'wall_time_s', 'torch', 'qzoo')}
-    training.update(recipe_overrides=_recipe_overrides(run, results), fp16_check=check,
-                    splits=results.get('data', {}).get('splits'),
+    splits = (results.get('data') or {}).get('splits')
+    training.update(recipe_overrides=_recipe_overrides(ran, results), fp16_check=check, splits=splits,
                     provenance=_provenance(results, ran, ds.in_shape, launch, commit), key_settings=key_settings(ran),
-                    **_stability(_run_log(run), ran, (results.get('data', {}).get('splits') or {}).get('val')))
+                    **_stability(r.log, ran, (splits or {}).get('val')))
     if (mine['val'], mine['test']) != (results['val'], results['test']):
         training['at_training'] = dict(val=results['val'], test=results['test'], device=results['device'])
         training['metrics_from'] = f'the published {dtype} weights, evaluated in float32 on the CPU when published'
     return Weights(
-        architecture=variant, model_args=args, dataset=results['dataset'], num_classes=ds.num_classes,
-        params=results['params'], label_names=tuple(ds.classes) if ds.task == 'classification' and ds.classes else None,
-        experiment=experiment, seed=int(results['seed']), task=results['task'], data_spec=results['data_spec'],
-        input_size=input_size_of(ds.in_shape), neuron=results['neuron'], macs=results['macs'],
-        primary_metric=results['primary_metric'], val=mine['val'], test=mine['test'], sha256=sha,
+        architecture=variant, model_args=args, dataset=facts['dataset'], num_classes=ds.num_classes,
+        params=facts['params'], label_names=tuple(ds.classes) if ds.task == 'classification' and ds.classes else None,
+        experiment=experiment, seed=int(facts['seed']), task=facts['task'], data_spec=facts['data_spec'],
+        input_size=input_size_of(ds.in_shape), neuron=facts['neuron'], macs=facts['macs'],
+        primary_metric=facts['primary_metric'], val=mine['val'], test=mine['test'], sha256=sha,
         weights_dtype=dtype, training=training)
 
 
@@ -478,44 +615,99 @@ def _swap_in(tmp: Path, final: Path, records: Dict[str, Weights], changed: str) 
         shutil.rmtree(old, ignore_errors=True)
 
 
-def publish(run_dir, experiment: str, dtype: str = 'auto', launch_logs=None, commit: Optional[str] = None) -> Weights:
+#: the results.json fields that identify a training run (a record keeps them under ``training``)
+RUN_IDENTITY = ('recipe_sha256', 'epochs', 'selected_epoch', 'wall_time_s', 'device', 'world_size')
+
+
+def _same_run(w: Weights, results: Mapping[str, Any]) -> bool:
+    """Whether record ``w`` was published from the run that wrote ``results`` (republishing it is allowed)."""
+    return all((w.training or {}).get(k) == results.get(k) for k in RUN_IDENTITY)
+
+
+def backups_dir() -> Path:
+    """Where ``publish --force`` keeps the folders and records it replaced: ``$QZOO_CACHE/replaced`` (default
+    ``~/.cache/qzoo/replaced``), outside the package."""
+    from .data._common import cache_dir
+    return cache_dir() / 'replaced'
+
+
+def _backup(w: Weights) -> Path:
+    """A copy of ``w``'s folder and its record (record.json) under :func:`backups_dir`; returns the copy's path."""
+    base = backups_dir() / f'{w.name}.{time.strftime("%Y%m%d-%H%M%S")}'
+    dest, n = base, 1
+    while dest.exists():
+        dest, n = base.with_name(f'{base.name}-{n}'), n + 1
+    if w.folder.is_dir():
+        shutil.copytree(w.folder, dest, symlinks=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(dest / 'record.json', w.to_dict())
+    return dest
+
+
+def _may_replace(records: Dict[str, Weights], name: str, r: _Run, force: bool) -> Optional[Weights]:
+    """The published record that publishing ``r`` as ``name`` replaces when it comes from another run (None when
+    there is none, or it is this run's); CheckpointError for such a record without ``force``."""
+    old = records.get(name)
+    if old is None or _same_run(old, r.results):
+        return None
+    if not force:
+        t = old.training or {}
+        raise CheckpointError(
+            f'{name} is already published from another run ({t.get("epochs")} epochs on {t.get("device")}, test '
+            f'{old.primary_metric} {old.metric:.2f}); publishing {r.path} would replace it. Fix: publish it under '
+            f'another --experiment, or pass --force to replace it (the replaced folder and record are kept under '
+            f'{backups_dir()})')
+    return old
+
+
+def publish(run_dir, experiment: str, dtype: str = 'auto', launch_logs=None, commit: Optional[str] = None,
+            force: bool = False, say: Optional[Callable[[str], None]] = None) -> Weights:
     """Publish run folder ``run_dir`` as ``<architecture>.<experiment>-s<seed>``. ``experiment`` names the
     training (data, recipe), e.g. ``cwru-clean``; the seed comes from the run. For runs whose results.json
     predates the provenance fields: ``launch_logs`` (the unpacked logs of the ``qzoo launch`` call that made
-    it: timm version, values chosen on validation) and ``commit`` (the code it ran). Returns the record."""
-    from .data import load_dataset
+    it: timm version, values chosen on validation) and ``commit`` (the code it ran). Weights of that name from
+    another run are replaced only with ``force``, after a copy is kept under :func:`backups_dir` (``say``, default
+    stderr, tells where). Returns the record."""
     run = Path(run_dir)
     if not TAG_PATTERN.match(experiment or '') or experiment.endswith(tuple(f'-s{i}' for i in range(10))):
         raise ValueError(f'experiment {experiment!r}: use letters, digits, ".", "_" and "-", without the seed '
                          f'(it is added as -s<seed>)')
-    results = _read_run(run)
+    r = _read_run(run)
+    _check_one_run(r)
     model = from_pretrained(run)
     variant, args = variant_of(model)
-    ds = load_dataset(results['data_spec']['name'], splits=('test',), **results['data_spec']['args'])
-    here = _evaluate_here(model, results['data_spec'])
-    dtype, check = _storage(results, here, dtype)
+    facts, ds = _facts(r, model)
+    here = _evaluate_here(model, facts['data_spec'])
+    dtype, check = _storage(r.results, here, dtype)
+    _check_finite_outputs(run, here, dtype)
     root = checkpoints_dir()
     root.mkdir(parents=True, exist_ok=True)
-    name = f'{variant}.{experiment}-s{int(results["seed"])}'
+    name = f'{variant}.{experiment}-s{int(facts["seed"])}'
     tmp = root / f'.tmp-{name}-{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         meta = dict(format='pt', architecture=variant, model_args=json.dumps(args, sort_keys=True),
-                    neuron=results['neuron'], params=str(results['params']), dtype=dtype)
+                    neuron=facts['neuron'], params=str(facts['params']), dtype=dtype)
         sha = save_weights(model.state_dict(), tmp / WEIGHTS_NAME, meta,
                            {'float16': torch.float16, 'float32': torch.float32}[dtype])
-        w = _record(results, run, variant, args, experiment, here, dtype, check, sha, ds,
+        w = _record(r, facts, variant, args, experiment, here, dtype, check, sha, ds,
                     read_launch_logs(launch_logs) if launch_logs else None, commit)
-        shutil.copyfile(run / 'recipe.yaml', tmp / 'recipe.yaml')
-        write_log_gz(run / 'log.jsonl', tmp / LOG_NAME)
-        records = dict(all_weights())
-        records[w.name] = w
-        records = _apply_defaults(records, _pinned(records))
-        write_folder_metadata(records[w.name], tmp, records)
-        _swap_in(tmp, root / w.name, records, w.architecture)
+        atomic_write_bytes(tmp / 'recipe.yaml', r.recipe_bytes)
+        write_log_gz(r.log_bytes, tmp / LOG_NAME)
+        with _manifest_lock():  # read the records as they are now, change them and write them back
+            records = dict(all_weights())
+            replaced = _may_replace(records, w.name, r, force)
+            backup = _backup(replaced) if replaced is not None else None
+            records[w.name] = w
+            records = _apply_defaults(records, _pinned(records))
+            write_folder_metadata(records[w.name], tmp, records)
+            _swap_in(tmp, root / w.name, records, w.architecture)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if backup is not None:
+        (say or (lambda text: print(text, file=sys.stderr)))(
+            f'replaced {w.name} (published from another run); its previous folder and record are kept in {backup}')
     return all_weights()[w.name]
 
 
@@ -525,6 +717,7 @@ record in the manifest, its card, and MODEL_CARDS.md. The architecture is the re
 model (e.g. a run of `qcnn` with width 8 is published as `qcnn_w8`); the seed comes from the run.
 
     qzoo publish runs/cwru/qcnn-w8-cwru-snr-6db-s3 --experiment cwru-snr-6db [--dtype auto|float16|float32]
+    qzoo publish RUN --experiment E --force     # replace weights of that name from another run (a copy is kept)
     qzoo publish --set-default qcnn.cwru-snr-6db-s1 --reason "..."   # pin a default by hand
     qzoo publish --refresh        # regenerate config.json, cards, defaults and MODEL_CARDS.md
     qzoo publish --group cwru [--only-missing]    # publish again every run behind a group of the zoo's weights
@@ -605,6 +798,9 @@ def _publish_parser() -> argparse.ArgumentParser:
                     help="the unpacked logs.tar.gz of the qzoo launch call that made the runs (timm version, values "
                          "chosen on validation), for runs whose results.json does not record them")
     ap.add_argument('--commit', help='the commit the runs were trained from, when their results.json does not say')
+    ap.add_argument('--force', action='store_true',
+                    help='replace weights of the same name published from another run (a copy of the replaced '
+                         'folder and record is kept under $QZOO_CACHE/replaced, default ~/.cache/qzoo/replaced)')
     ap.add_argument('--set-default', metavar='NAME', help="pin published <architecture>.<tag> as its default")
     ap.add_argument('--reason', help='why (printed on the card), with --set-default')
     ap.add_argument('--refresh', action='store_true', help='regenerate every generated file from the records')
@@ -630,12 +826,12 @@ def main(argv=None) -> int:
                           lambda text: print(text, flush=True))
         elif a.runs and a.experiment:
             for run in a.runs:
-                print(json.dumps({'published': publish(run, a.experiment, a.dtype, a.launch_logs, a.commit).name}),
-                      flush=True)
+                w = publish(run, a.experiment, a.dtype, a.launch_logs, a.commit, force=a.force)
+                print(json.dumps({'published': w.name}), flush=True)
         else:
             ap.error('give run folders and --experiment, or --set-default NAME --reason ..., or --refresh, '
                      'or --group NAME')
-    except (CheckpointError, RunDirError, ValueError) as e:
+    except (CheckpointError, RunDirError, NotARegularFileError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -34,7 +34,7 @@ import yaml
 from .errors import RecipeError
 from .fileio import sha256_bytes
 
-__all__ = ['Recipe', 'load_recipe', 'recipe_help', 'RecipeError']
+__all__ = ['Recipe', 'load_recipe', 'recipe_help', 'override_tag', 'RecipeError']
 
 
 @dataclass(frozen=True)
@@ -439,6 +439,31 @@ def load_recipe(path=None, overrides: Sequence[str] = (), **values) -> Recipe:
         _set_dotted(cfg, key, value, f'override {item!r}')
         sources[key.split('.')[0]] = f'override {item!r}'
     return Recipe(**_check(cfg, sources))
+
+
+#: characters a run folder's tag keeps (others become '_'); a longer tag is cut and ends in a hash
+_TAG_DROP = re.compile(r'(?:[^A-Za-z0-9.+_-]|\.\.+)+')
+TAG_MAX = 48
+
+
+def _tag_part(text: str) -> str:
+    return re.sub('_+', '_', _TAG_DROP.sub('_', text.strip())).strip('_')
+
+
+def override_tag(overrides: Sequence[str]) -> str:
+    """A readable folder-name tag for ``key=value`` overrides: each key's last part followed by its value
+    (``model_args.hidden=[2]`` -> ``hidden2``, ``lr=0.1`` -> ``lr0.1``), joined by '-', with every run of characters
+    other than letters, digits and ``. + _ -`` (and of two or more dots) replaced by '_'. A tag over
+    :data:`TAG_MAX` characters is cut and ended by 8 hex digits of the overrides' SHA-256, so that long override
+    lists stay distinct."""
+    parts = []
+    for item in overrides:
+        key, _, value = str(item).partition('=')
+        parts.append(_tag_part(key.split('.')[-1]) + _tag_part(value))
+    tag = '-'.join(parts)
+    if len(tag) > TAG_MAX:
+        tag = tag[:TAG_MAX - 9].rstrip('-_.') + '-' + sha256_bytes('\n'.join(map(str, overrides)))[:8]
+    return tag
 
 
 def recipe_help() -> str:

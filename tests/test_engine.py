@@ -1,5 +1,6 @@
 """The training engine: outputs, exact resume, NaN guard, DDP (gloo, 2 processes)."""
 import json
+import re
 import socket
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 import procs
 from conftest import ROOT
 from inject import Stop, nan_at_step, stop_after_epoch
-from qzoo.engine import RecipeError, TrainingDiverged, load_recipe, train
+from qzoo.engine import RecipeError, RunDirError, TrainingDiverged, load_recipe, main, train
 from qzoo.hub import load_weights
 
 SYN = dict(model='qmlp', model_args={'hidden': [16]}, data='synthetic',
@@ -122,6 +123,85 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     state = torch.load(tmp_path / 'last.ckpt', weights_only=True)
     assert state['epoch'] == 0 and all(torch.isfinite(v).all() for v in state['model'].values())
     assert not (tmp_path / 'model.safetensors').exists()
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != 'train.lock'}
+
+
+def test_a_folder_holding_a_run_is_refused_and_force_replaces_it(tmp_path, monkeypatch):
+    out = tmp_path / 'run'
+    train(_cfg(), out, progress=False)
+    before = _files(out)
+    with pytest.raises(RunDirError, match=f'{out} holds a finished run \\(qmlp on synthetic-circles.*--resume.*'
+                                          '--force'):
+        train(_cfg(lr=0.5), out, progress=False)
+    assert _files(out) == before
+    part = tmp_path / 'part'  # an unfinished run is a run too
+    with monkeypatch.context() as m:
+        stop_after_epoch(m, 0)
+        with pytest.raises(Stop):
+            train(_cfg(), part, progress=False)
+    with pytest.raises(RunDirError, match=f'{part} holds a run \\(last.ckpt'):
+        train(_cfg(lr=0.5), part, progress=False)
+    new = _cfg(lr=0.5, epochs=1)
+    res = train(new, out, progress=False, force=True)  # replaced whole: nothing of the first run is left
+    assert json.loads((out / 'results.json').read_text()) == json.loads(json.dumps(res))
+    assert res['recipe_sha256'] == new.sha256() and (out / 'recipe.yaml').read_text() == new.to_yaml()
+    assert [json.loads(l)['epoch'] for l in (out / 'log.jsonl').read_text().splitlines()] == [0]
+    now = _files(out)
+    assert set(now) == set(before) and all(now[k] != before[k] for k in now if k not in ('config.json', 'README.md'))
+
+
+def test_a_failed_second_run_leaves_no_mix_and_no_epoch_minus_one(tmp_path, monkeypatch):
+    """A second run that failed in its first step used to leave the first run's weights and results.json beside its
+    own recipe.yaml and an empty log (publishable), and its error said 'end of epoch -1'."""
+    out = tmp_path / 'run'
+    train(_cfg(), out, progress=False)
+    nan_at_step(monkeypatch, 0)
+    second = _cfg(lr=0.5, nan_check_every=1)
+    with pytest.raises(TrainingDiverged, match='non-finite training loss in epoch 0') as e:
+        train(second, out, progress=False, force=True)
+    msg = str(e.value)
+    assert 'epoch -1' not in msg and 'no epoch had finished, so no checkpoint was written' in msg, msg
+    assert msg.endswith('then train again') and '--resume' not in msg
+    assert sorted(_files(out)) == ['log.jsonl', 'recipe.yaml'] and (out / 'recipe.yaml').read_text() == second.to_yaml()
+
+
+def test_a_symlinked_train_lock_is_refused_and_its_target_kept(tmp_path):
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('precious\n')
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'train.lock').symlink_to(victim)
+    with pytest.raises(RunDirError, match=f'cannot lock the run folder {out}: {out / "train.lock"} is a symbolic link'):
+        train(_cfg(), out, progress=False)
+    assert victim.read_text() == 'precious\n' and sorted(p.name for p in out.iterdir()) == ['train.lock']
+
+
+def test_default_folders_tell_overrides_apart_and_a_finished_run_is_kept(tmp_path, monkeypatch, capsys):
+    from qzoo.engine import default_out
+    recipe = tmp_path / 'tiny.yaml'
+    recipe.write_text(yaml.safe_dump(dict(SYN, epochs=1, name='tiny')))
+    r = load_recipe(recipe)
+    assert default_out(r) == 'runs/tiny-s0' and default_out(r, ['seed=0']) == 'runs/tiny-s0'
+    assert default_out(r, ['model_args.hidden=[2]', 'lr=0.1'], smoke=True) == 'runs/tiny-s0-hidden2-lr0.1-smoke'
+    long = default_out(r, [f'model_args.hidden=[{", ".join(["64"] * 20)}]'])
+    other = default_out(r, [f'model_args.hidden=[{", ".join(["64"] * 21)}]'])
+    assert long != other and len(long) <= len('runs/tiny-s0-') + 48 and re.search('-[0-9a-f]{8}$', long)
+    monkeypatch.chdir(tmp_path)
+    cli = ['--config', str(recipe), '--no-progress']
+    assert main(cli) == 0 and main(cli + ['model_args.hidden=[2]']) == 0
+    wide, narrow = tmp_path / 'runs' / 'tiny-s0', tmp_path / 'runs' / 'tiny-s0-hidden2'
+    assert json.loads((narrow / 'results.json').read_text())['model_args'] == {'hidden': [2]}
+    kept = _files(wide)
+    assert json.loads(kept['results.json'])['model_args'] == {'hidden': [16]}
+    capsys.readouterr()
+    assert main(cli) == 2
+    err = capsys.readouterr().err
+    assert f'error: the run folder runs/tiny-s0 holds a finished run' in err and '--force' in err
+    assert _files(wide) == kept
+    assert main(cli + ['--force']) == 0
 
 
 def test_train_takes_a_mapping_and_refuses_other_types(tmp_path):

@@ -18,6 +18,7 @@ import torch
 
 import procs
 import qzoo
+from qzoo.errors import NotARegularFileError
 from qzoo.export import (example_input_shape, export_onnx, export_program, onnxruntime_max_abs_diff,
                          onnxruntime_session)
 
@@ -157,7 +158,7 @@ def test_onnx_fixed_batch_custom_names_and_mode_restored(tmp_path):
 
 def test_export_onnx_errors(tmp_path, monkeypatch):
     model = qzoo.create_model('qmlp')
-    with pytest.raises(IsADirectoryError, match='pass a file path'):
+    with pytest.raises(NotARegularFileError, match='is a folder.*pass a file path'):
         export_onnx(model, tmp_path)
     with pytest.raises(FileNotFoundError, match='export_onnx'):
         onnxruntime_session(tmp_path / 'missing.onnx')

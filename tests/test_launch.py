@@ -297,6 +297,27 @@ def test_runs_die_with_a_killed_launcher(tmp_path):
 
 
 # ---- real runs -----------------------------------------------------------------------------
+@pytest.mark.parametrize('grid, bad', [('model_args.hidden=/../../outside/x', "'/../../outside/x'"),
+                                       ('quad_lr_scale=1e-2,..', "'..'"), ('lr=0.1,a/b', "'a/b'"),
+                                       ('../x=1', 'dotted recipe key'), ('seed=', 'dotted recipe key')])
+def test_grid_values_that_cannot_name_a_folder_are_refused(tmp_path, capsys, grid, bad):
+    """A grid value is part of its run's folder name: `hidden=/../../outside/x` wrote outside --runs-dir."""
+    with pytest.raises(ValueError, match=re.escape(bad)):
+        launch.plan([CIRCLES], ['model=qmlp'], [grid], tmp_path / 'runs')
+    assert launch.main([CIRCLES, '--grid', grid, '--runs-dir', str(tmp_path / 'runs')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: --grid {grid!r}') and 'Traceback' not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, inside --runs-dir or outside
+
+
+def test_grid_values_name_the_run_folders_inside_runs_dir(tmp_path):
+    runs = launch.plan([CIRCLES], ['model=qmlp'], ['quad_lr_scale=1e-2,1e-1', 'model_args.hidden=[2],[4]'],
+                       tmp_path / 'runs')
+    assert [r['name'] for r in runs] == [f'synthetic-circles-d2-s0-quad_lr_scale{q}-hidden{h}'
+                                         for q in ('1e-2', '1e-1') for h in (2, 4)]
+    assert all(Path(r['out']).parent == (tmp_path / 'runs').resolve() for r in runs)
+
+
 def test_fit_in_needs_all_runs_side_by_side(tmp_path, capsys):
     assert launch.main([CIRCLES, MOONS, '--parallel', '1', '--fit-in', '60', '--runs-dir', str(tmp_path)]) == 2
     assert '--parallel' in capsys.readouterr().err

@@ -3,10 +3,12 @@ recorded and carded; atomic republishing; what is refused."""
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
 
+import procs
 from conftest import ROOT
 from qzoo import hub, weights
 from qzoo import publish as pub
@@ -27,10 +29,19 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope='module')
+def other_run(tmp_path_factory):
+    """Another run of the same architecture and seed (2 epochs): published as 'tiny' it has run's name."""
+    out = tmp_path_factory.mktemp('runs') / 'qmlp-circles-e2'
+    train(load_recipe(ROOT / RECIPE, ['epochs=2', 'model=qmlp', 'model_args.hidden=[4]']), out, recipe_path=RECIPE,
+          progress=False)
+    return out
+
+
 @pytest.fixture
 def zoo(tmp_path, monkeypatch):
-    """An empty zoo in a checkout-like folder (the index MODEL_CARDS.md is written beside pyproject.toml)."""
-    (tmp_path / 'repo').mkdir()
+    """An empty zoo at <a checkout-like folder>/qzoo/checkpoints (the index MODEL_CARDS.md is written there)."""
+    (tmp_path / 'repo' / 'recipes').mkdir(parents=True)
     (tmp_path / 'repo' / 'pyproject.toml').write_text('')
     ck = tmp_path / 'repo' / 'qzoo' / 'checkpoints'
     monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(ck))
@@ -155,3 +166,168 @@ def test_choose_default_takes_the_median_validation_seed():
     pick, reason = pub.choose_default(recs + [clean])
     assert (pick.experiment, pick.seed) == ('cwru-snr-6db', 2)  # median of 90, 91, 92, 95, 99
     assert 'median validation top1 of its 5 seeds' in reason and 'SNR -6 dB' in reason
+
+
+# ---- what is published must be one complete run, true and finite -------------------------------------------------
+def _copy(run, tmp_path, name='copy'):
+    out = tmp_path / name
+    shutil.copytree(run, out)
+    return out
+
+
+def _empty(zoo):
+    return not zoo.exists() or not any(zoo.iterdir())
+
+
+def test_a_folder_mixing_two_runs_or_an_incomplete_one_is_refused(zoo, run, tmp_path):
+    """A second run that failed at once left the first run's weights and results.json beside its own recipe.yaml
+    (another dataset, lr=1e30) and an empty log; publish accepted the mix."""
+    mixed = _copy(run, tmp_path, 'mixed')
+    (mixed / 'recipe.yaml').write_text(load_recipe(ROOT / 'recipes/synthetic/moons-d2.yaml', ['lr=1e30']).to_yaml())
+    (mixed / 'log.jsonl').write_text('')
+    with pytest.raises(RunDirError, match=f'{mixed / "recipe.yaml"} is not the recipe of the run in results.json.*'
+                                          'mixes two runs'):
+        pub.publish(mixed, 'tiny')
+    log = (run / 'log.jsonl').read_text().splitlines(keepends=True)
+    res = json.loads((run / 'results.json').read_text())
+    for name, change, needle in (
+            ('short-log', lambda f: (f / 'log.jsonl').write_text(''.join(log[:1])), r'holds epochs \[0\], not 0..2'),
+            ('twice', lambda f: (f / 'log.jsonl').write_text(''.join(log + log[-1:])), r'holds epochs \[0, 1, 2, 2\]'),
+            ('lacking', lambda f: (f / 'results.json').write_text(json.dumps({k: v for k, v in res.items()
+                                                                             if k != 'selected_epoch'})),
+             'lacks selected_epoch: not written by a finished run'),
+            ('selected', lambda f: (f / 'results.json').write_text(json.dumps(dict(res, selected_epoch=7))),
+             'the selected epoch 7 is not one of the logged epochs')):
+        bad = _copy(run, tmp_path, name)
+        change(bad)
+        with pytest.raises(RunDirError, match=needle):
+            pub.publish(bad, 'tiny')
+    assert _empty(zoo)
+
+
+@pytest.mark.parametrize('field, value', [('params', 1), ('macs', 1), ('neuron', 'linear'),
+                                          ('dataset', 'synthetic-moons-d2'), ('task', 'regression'), ('seed', 3),
+                                          ('data_spec', {'name': 'synthetic', 'args': {'kind': 'moons'}}),
+                                          ('primary_metric', 'mse')])
+def test_what_results_json_says_must_be_what_the_weights_and_recipe_give(zoo, run, tmp_path, field, value):
+    """Published records showed 1 parameter (really 42), a linear MLP as quadratic, circles as moons."""
+    bad = _copy(run, tmp_path)
+    res = json.loads((bad / 'results.json').read_text())
+    assert res[field] != value
+    (bad / 'results.json').write_text(json.dumps(dict(res, **{field: value})))
+    with pytest.raises(RunDirError, match=f'results.json says {field} {value!r}'.replace('[', '\\[').replace(
+            '(', '\\(')):
+        pub.publish(bad, 'tiny')
+    assert _empty(zoo)
+
+
+@pytest.mark.parametrize('name', ['log.jsonl', 'results.json', 'recipe.yaml', 'config.json', 'model.safetensors'])
+def test_publish_follows_no_symbolic_link_out_of_the_run(zoo, run, tmp_path, name):
+    """A log.jsonl linked to a private key was published inside log.jsonl.gz. (Here the link points at an identical
+    copy of the run's own file: the link alone is refused.)"""
+    linked = _copy(run, tmp_path, 'linked')
+    elsewhere = tmp_path / 'elsewhere' / name
+    elsewhere.parent.mkdir()
+    os.replace(linked / name, elsewhere)
+    (linked / name).symlink_to(elsewhere)
+    with pytest.raises(RunDirError, match=f'{linked / name} is a symbolic link'):
+        pub.publish(linked, 'tiny')
+    assert _empty(zoo)
+
+
+def test_weights_with_non_finite_outputs_are_refused(zoo, run, tmp_path):
+    nan = _copy(run, tmp_path, 'nan')
+    model = hub.from_pretrained(nan)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float('nan'))
+    hub.save_pretrained(model, nan, results=json.loads((nan / 'results.json').read_text()))
+    with pytest.raises(CheckpointError, match=r'non-finite \(NaN/inf\) outputs for \d+ of the val samples, \d+ of '
+                                              'the test samples'):
+        pub.publish(nan, 'tiny')
+    assert _empty(zoo)
+
+
+# ---- the zoo's records: another run's weights, the index, concurrent publishes ------------------------------------
+def test_weights_of_another_run_are_replaced_only_with_force_and_kept(zoo, run, other_run, tmp_path, monkeypatch):
+    """98.80 at 200 epochs became 51.60 at 1 epoch, with no --force and no backup."""
+    monkeypatch.setenv('QZOO_CACHE', str(tmp_path / 'cache'))
+    a = pub.publish(run, 'tiny')
+    before = {p.name: p.read_bytes() for p in (zoo / a.name).iterdir()}
+    manifest = (zoo / 'manifest.json').read_bytes()
+    with pytest.raises(CheckpointError, match=r'qmlp_h4.tiny-s0 is already published from another run \(3 epochs.*'
+                                              r'--force.*' + str(tmp_path / 'cache' / 'replaced')):
+        pub.publish(other_run, 'tiny')
+    assert {p.name: p.read_bytes() for p in (zoo / a.name).iterdir()} == before
+    assert (zoo / 'manifest.json').read_bytes() == manifest
+    said = []
+    b = pub.publish(other_run, 'tiny', force=True, say=said.append)
+    assert b.name == a.name and b.training['epochs'] == 2 and len(said) == 1
+    backup = tmp_path / 'cache' / 'replaced' / said[0].split(' kept in ')[1].rsplit('/', 1)[1]
+    assert said[0].endswith(str(backup)) and backup.is_dir()
+    assert {p.name: p.read_bytes() for p in backup.iterdir() if p.name != 'record.json'} == before
+    assert json.loads((backup / 'record.json').read_text()) == json.loads(json.dumps(a.to_dict()))
+    again = pub.publish(other_run, 'tiny', say=said.append)  # the same run again: no --force needed, no backup
+    assert again.sha256 == b.sha256 and len(said) == 1
+
+
+def test_the_index_is_written_only_for_a_qzoo_checkout_s_own_zoo(zoo, run, tmp_path, monkeypatch):
+    """With QZOO_CHECKPOINTS=myproject/models/zoo the user's own myproject/MODEL_CARDS.md was overwritten."""
+    project = tmp_path / 'myproject'
+    (project / 'models').mkdir(parents=True)
+    (project / 'pyproject.toml').write_text('[project]\nname = "mine"\n')
+    (project / 'MODEL_CARDS.md').write_text('my own cards\n')
+    monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(project / 'models' / 'zoo'))
+    weights.clear_cache()
+    assert pub.index_path() is None
+    pub.publish(run, 'tiny')
+    assert (project / 'MODEL_CARDS.md').read_text() == 'my own cards\n'
+    for d in ('recipes', 'qzoo'):  # even a qzoo checkout's index belongs to its own qzoo/checkpoints only
+        (project / d).mkdir()
+    assert pub.index_path() is None
+    monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(project / 'qzoo' / 'checkpoints'))
+    assert pub.index_path() == project.resolve() / 'MODEL_CARDS.md'
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+from qzoo import publish as pub
+run, experiment, me, other = sys.argv[1:]
+
+
+def meet(mine, theirs, seconds):
+    Path(mine).write_text('')
+    end = time.monotonic() + seconds
+    while not Path(theirs).exists() and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+swap = pub._swap_in
+
+
+def swap_once_both_are_here(*args, **kwargs):
+    # both have read the records and are about to write them (with the manifest lock, the other one waits for it
+    # instead, and this one goes on after the wait)
+    meet(me + '.swap', other + '.swap', 10)
+    return swap(*args, **kwargs)
+
+
+pub._swap_in = swap_once_both_are_here
+meet(me + '.start', other + '.start', 300)
+pub.publish(run, experiment)
+"""
+
+
+def test_two_publishes_at_once_keep_both_records(zoo, run, tmp_path):
+    """Two `qzoo publish` at once both exited 0 and manifest.json listed one of the two (6 of 6 tries)."""
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    kw = dict(env=procs.child_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with procs.group([procs.PYTHON, '-c', RACE, str(run), 'exp-a', a, b], **kw) as pa, \
+            procs.group([procs.PYTHON, '-c', RACE, str(run), 'exp-b', b, a], **kw) as pb:
+        errs = [p.communicate(timeout=600)[1] for p in (pa, pb)]
+    assert pa.returncode == pb.returncode == 0, errs
+    assert sorted(json.loads((zoo / 'manifest.json').read_text())) == ['qmlp_h4.exp-a-s0', 'qmlp_h4.exp-b-s0']
+    weights.clear_cache()
+    assert sorted(w.name for w in weights.all_weights().values() if w.default) == ['qmlp_h4.exp-a-s0']
+    assert sorted(p.name for p in zoo.iterdir()) == ['manifest.json', 'manifest.lock', 'qmlp_h4.exp-a-s0',
+                                                     'qmlp_h4.exp-b-s0']

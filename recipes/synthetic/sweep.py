@@ -11,6 +11,7 @@ runs/synthetic/<task>/<model>-h<size>-s<seed> and can be published with recipes/
 """
 import argparse
 import csv
+import io
 import json
 import statistics
 import sys
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from qzoo.engine import train  # noqa: E402
+from qzoo.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 from qzoo.recipe import load_recipe  # noqa: E402
 
 # task: (recipe, metric, target, higher_is_better). Classification targets sit about one point
@@ -46,7 +48,8 @@ def run_one(task, model, size, seed, runs, force=False):
         return json.loads(res_file.read_text())
     cfg = load_recipe(recipe, [f'model={model}', f'model_args.hidden=[{size}]', f'seed={seed}',
                                f'name={model}-h{size}-{task}'])
-    return train(cfg, out, progress=False, recipe_path=str(recipe.relative_to(ROOT)))
+    # reached for a run that did not finish (or with --force): it starts again from scratch
+    return train(cfg, out, progress=False, recipe_path=str(recipe.relative_to(ROOT)), force=True)
 
 
 def boundary_plot(task, runs_by_model, path):
@@ -75,8 +78,10 @@ def boundary_plot(task, runs_by_model, path):
     fig.suptitle(f'synthetic {task}: decision boundary (p = 0.5) of the smallest nets reaching the target, seed 0',
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png')
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -131,11 +136,12 @@ def main(argv=None) -> int:
         if metric == 'top1' and task.endswith('d2') and smallest:
             boundary_plot(task, {m: runs / task / f'{m}-h{smallest[m][0]}-s{a.seeds[0]}' for m in smallest},
                           res_dir / f'synthetic-boundary-{task}.png')
-    with open(res_dir / 'synthetic-sweep.csv', 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    (res_dir / 'synthetic-sweep.md').write_text('\n'.join(md))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator='\r\n')
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(res_dir / 'synthetic-sweep.csv', buf.getvalue())
+    atomic_write_text(res_dir / 'synthetic-sweep.md', '\n'.join(md))
     print(f'done in {time.time() - t0:.0f}s')
     return 0
 
