@@ -21,7 +21,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .bounds import MAX_JSON_BYTES, read_bounded
+from .errors import CheckpointError, CheckpointWriteError
 from .fileio import atomic_write_bytes, sha256_file
 
 __all__ = ['load_weights', 'save_weights', 'read_header', 'check_fits', 'check_sha256', 'valid_sha256',
@@ -122,7 +123,6 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: Union[str, Path],
     try:
         atomic_write_bytes(path, safetensors_bytes(sd, metadata or {'format': 'pt'}))
     except OSError as e:
-        from .errors import CheckpointWriteError
         raise CheckpointWriteError(e.errno, f'could not write {path} ({e.strerror or e}); any previous file there is '
                                    f'intact. Fix: free disk space or fix the permissions, then save again',
                                    str(path)) from e
@@ -169,11 +169,12 @@ def check_fits(model: nn.Module, found: Mapping[str, Any], file: str, arch: str,
 def read_config(folder: Union[str, Path]) -> Dict[str, Any]:
     """A checkpoint folder's ``config.json`` (timm's format, plus qzoo's block)."""
     cfg = Path(folder) / 'config.json'
-    if not cfg.is_file():
+    if not cfg.exists():
         raise CheckpointError(f'{folder} has no config.json. Fix: point at a folder written by '
                               f'qzoo.hub.save_pretrained (model.safetensors + config.json)')
+    fix = 'restore it, or rewrite the folder with qzoo.hub.save_pretrained'
     try:
-        config = json.loads(cfg.read_text(encoding='utf-8'))
+        config = json.loads(read_bounded(cfg, MAX_JSON_BYTES, 'config file', CheckpointError, fix).decode('utf-8'))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f'{cfg} is not readable JSON ({type(e).__name__}: {e}). Fix: restore it, or '
                               f'rewrite the folder with qzoo.hub.save_pretrained') from None

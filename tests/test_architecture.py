@@ -12,8 +12,8 @@ PKG = ROOT / 'qzoo'
 
 #: each module's layer, lowest first; a module imports only lower layers (or its own package's siblings)
 LAYERS = [
-    ('errors', 'fileio', 'divergence', 'checkout'),  # the documented exceptions, file helpers, the divergence rule,
-                                                     # the checkout
+    ('errors', 'fileio', 'divergence', 'checkout', 'bounds'),  # the documented exceptions, file helpers, the
+                                                     # divergence rule, the checkout, bounds on inputs
     ('cards',),                                # card text
     ('neurons',),                              # the neuron math
     ('layers',),                               # quadratic layers on the neurons
