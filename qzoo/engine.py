@@ -269,6 +269,8 @@ def _data(r: Recipe, dist: Dist, device: torch.device, smoke: bool):
     """The dataset (a smoke slice of it with ``smoke``) and its train / val / test loaders."""
     from .data import BatchLoader, load_dataset
     ds = load_dataset(r.data, **r.data_args)
+    ds.require_samples(('train', 'val', 'test'), 'a run trains on train, selects its published epoch on val and '
+                                                 'scores it once on test')
     if smoke:
         ds.train, ds.val, ds.test = (_smoke_slice(getattr(ds, k), r.smoke[k]) for k in ('train', 'val', 'test'))
     train_loader = BatchLoader(ds.train, max(1, r.batch_size // dist.world_size), shuffle=True, seed=r.seed,

@@ -169,6 +169,7 @@ def check_fits_data(model: nn.Module, ds, split: str = 'test', spec: str = 'the 
     (classification: one logit per class of the dataset; segmentation: a map the size of the mask;
     regression: one value per target)."""
     from .data import BatchLoader
+    ds.require_samples((split,), f'{spec} is scored on it')
     fix = _fix_hint(spec, record)
     if record is not None and record.task != ds.task:
         raise DataMismatchError(f'{spec} is a {record.task} checkpoint (trained on {record.dataset}), but {ds.name} '
