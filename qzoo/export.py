@@ -268,7 +268,7 @@ def _check_parity(model: nn.Module, path: Path, input_shape, dynamic: bool, rtol
 def main(argv=None) -> int:
     """``qzoo export`` (see :data:`EXPORT_HELP`); returns the exit status."""
     from .errors import CheckpointError
-    from .registry import create_model
+    from .hub import create_model
     a = _export_parser().parse_args(argv)
     pretrained = a.pretrained or a.name.startswith(('hf-hub:', 'local-dir:')) or '.' in a.name.split(':')[-1]
     try:

@@ -233,10 +233,12 @@ def _unknown(name: str) -> str:
 
 
 def create_model(model_name: str, pretrained: bool = False, **kwargs):
-    """``timm.create_model`` for qzoo names (``'qresnet20'``, ``'qcnn_w8.cwru-clean-s1'``); names with a
-    source prefix (``'hf-hub:...'``, ``'local-dir:...'``) go to timm unchanged."""
-    if ':' in model_name:
-        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    """``timm.create_model`` for qzoo names (``'qresnet20'``, ``'qcnn_w8.cwru-clean-s1'``). Sources
+    (``'local-dir:...'``, ``'hf-hub:...'``) are loaded by ``qzoo.create_model`` (:func:`qzoo.hub.create_model`),
+    which checks their weights; here they are refused."""
+    if ':' in str(model_name):
+        raise ValueError(f'{model_name!r}: qzoo.registry.create_model builds qzoo architectures by name; load a '
+                         f'local-dir:/hf-hub: source with qzoo.create_model or qzoo.from_pretrained, which check it')
     return timm.create_model(timm_name(model_name), pretrained=pretrained, **kwargs)
 
 
