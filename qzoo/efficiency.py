@@ -40,6 +40,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import stats
+from .bounds import device_of
+from .errors import CheckpointError
+from .external import ExternalCheckpointError
 from .evaluation import (EvalCache, Evaluation, Scores, compare_to_curve, evaluate_spec, external_available,
                          frontier, load_split)
 from .fileio import atomic_write_bytes, atomic_write_text
@@ -950,9 +953,23 @@ def main(argv: Optional[Sequence[str]] = None, default_out: str = 'results') -> 
         except (OSError, ValueError) as e:
             ap.error(f'--readme {a.readme}: {e}')
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    try:
+        a.device = str(device_of(a.device, '--device'))
+    except ValueError as e:
+        ap.error(str(e))
+    try:
+        return _run(a, records, datasets, readme_text)
+    except (CheckpointError, ExternalCheckpointError, ValueError, TypeError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
 
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _run(a, records, datasets: Optional[List[str]], readme_text: Optional[str], log=_log) -> int:
+    """``qzoo eval`` after its arguments are checked: score, bootstrap, write."""
     t0 = time.time()
     jobs = plan(records, datasets, _mirrors(a.mirror), log)
     cache = EvalCache(refresh=a.no_cache)

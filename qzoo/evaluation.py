@@ -35,10 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bounds import device_of, load_yaml
 from .errors import CheckpointError, DataError
 from .fileio import atomic_open, sha256_bytes, sha256_file
 from .measure import count_macs, count_params
 from .metrics import Metrics, evaluate
+from .serialization import hub_cache_error
 
 __all__ = ['load_any', 'external_available', 'evaluate_on', 'validate', 'evaluate_spec', 'Evaluation', 'Scores',
            'score_split', 'check_fits_data', 'DataMismatchError', 'data_settings', 'load_split', 'EvalCache',
@@ -86,8 +88,11 @@ def external_available(name: str, mirrors: Sequence[Path] = ()) -> bool:
     for m in mirrors:
         src = Path(m) / name.split('/')[0] / entry.file_name
         if src.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, path)
+            except OSError as e:
+                raise hub_cache_error(path, e) from None
             return True
     return False
 
@@ -727,7 +732,14 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         k, sep, v = item.partition('=')
         if not sep or not k:
             ap.error(f'--data-arg {item!r}: expected KEY=VALUE (e.g. snr_db=-6, eval_stride=2048)')
-        data_args[k] = yaml.safe_load(v)
+        try:
+            data_args[k] = load_yaml(v, f'--data-arg {item!r}')[0]
+        except (ValueError, yaml.YAMLError) as e:
+            ap.error(str(e).splitlines()[0])
+    try:
+        a.device = str(device_of(a.device, '--device'))
+    except ValueError as e:
+        ap.error(str(e))
     cache = EvalCache(refresh=a.no_cache)
     rows, failed = [], []
     for spec in a.weights:

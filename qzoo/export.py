@@ -138,6 +138,10 @@ def export_onnx(model: nn.Module, path: PathLike, input_shape: Optional[Sequence
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f'export_onnx: {path} is a folder; pass a file path such as {path / "model.onnx"}')
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise NotADirectoryError(f'export_onnx: cannot write {path}: {above} is a file, so no folder can be made below '
+                                 f'it. Fix: choose a path in a folder')
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
         external_data = _param_bytes(model) > _PROTOBUF_LIMIT // 2
@@ -279,7 +283,7 @@ def main(argv=None) -> int:
               f'{path.stat().st_size / 1e3:.0f} kB; checked by onnx.checker)')
         if a.check and not _check_parity(model, path, shape, not a.static_batch, a.rtol):
             return 1
-    except (ValueError, TypeError, CheckpointError, FileNotFoundError, ImportError, IsADirectoryError) as e:
+    except (ValueError, TypeError, CheckpointError, ImportError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from .cards import model_card, zoo_index
+from .engine import read_results
 from .errors import CheckpointError, RunDirError
 from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .hub import from_pretrained, write_config
@@ -310,10 +311,7 @@ def _read_run(run: Path) -> Dict[str, Any]:
     if missing:
         raise RunDirError(f'{run} lacks {", ".join(missing)}: it is not a finished run. Fix: finish it '
                           f'(recipes/train.py --resume) before publishing')
-    try:
-        results = json.loads((run / 'results.json').read_text())
-    except ValueError as e:
-        raise RunDirError(f'{run / "results.json"} is not JSON ({e}). Fix: re-run the training') from None
+    results = read_results(run / 'results.json')
     if results.get('smoke'):
         raise ValueError(f'{run} is a --smoke run; publish real runs only')
     if results.get('model') not in MODEL_FACTORIES:
