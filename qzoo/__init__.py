@@ -15,9 +15,9 @@ from .layers import (QuadraticLinear, QuadraticConv1d, QuadraticConv2d, Quadrati
                      QuadraticConvTranspose2d, QuadraticLayer, quadratize)
 from .measure import count_params, count_macs
 from . import models
-from .registry import create_model, list_models, register_all
+from .registry import list_models, register_all
 from .errors import CheckpointError
-from .hub import from_pretrained, save_pretrained
+from .hub import create_model, from_pretrained, save_pretrained
 from .comparison import compare, Comparison
 
 register_all()

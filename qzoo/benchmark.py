@@ -57,6 +57,7 @@ import ctypes
 import ctypes.util
 import datetime as _dt
 import io
+import math
 import os
 import platform
 import random
@@ -76,6 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.benchmark import Timer
 
+from .bounds import device_of
 from .checkout import root as checkout_root
 from .errors import NotARegularFileError
 from .fileio import atomic_write_json, atomic_write_text, check_target
@@ -747,6 +749,31 @@ def run_suite(args, log) -> int:
 
 
 # ---- CLI --------------------------------------------------------------------------------
+def _count(lo: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``lo``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected a whole number >= {lo}, got {text!r}') from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f'must be a whole number >= {lo}, got {value}')
+        return value
+    parse.__name__ = f'whole number >= {lo}'
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number of seconds, got {text!r}') from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f'must be a finite number of seconds > 0, got {text}')
+    return value
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
@@ -761,9 +788,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument('--bench', nargs='+', choices=KINDS, default=list(KINDS), help='models mode: what to measure')
     p.add_argument('--runtimes', nargs='+', choices=RUNTIMES, default=['eager'],
                    help='eager, compiled (torch.compile), onnxruntime (CPU, inference only)')
-    p.add_argument('--batch-size', type=int, default=None,
+    p.add_argument('--batch-size', type=_count(1), default=None,
                    help='default: 256 (models), 128 (layer bench), 512 (cifar-train, profile)')
-    p.add_argument('--img-size', type=int, default=None, help="default: the model's cfg input size")
+    p.add_argument('--img-size', type=_count(1), default=None, help="default: the model's cfg input size")
     p.add_argument('--device', default='auto', help="'cpu', 'cuda', 'cuda:1', or 'auto' (cuda when available)")
     p.add_argument('--amp', choices=['bf16', 'fp16'], default=None, help='autocast dtype (default: float32)')
     p.add_argument('--channels-last', action='store_true')
@@ -774,20 +801,20 @@ def get_parser() -> argparse.ArgumentParser:
                    help='layer bench: only these shapes (default: all)')
     p.add_argument('--cifar-split', choices=['train', 'test'], default='train',
                    help='cifar10-jpeg75 split to train on (train falls back to the shipped test split)')
-    p.add_argument('--cifar-size', type=int, default=None, help='use only the first N images of the split')
-    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU; also onnxruntime)')
+    p.add_argument('--cifar-size', type=_count(1), default=None, help='use only the first N images of the split')
+    p.add_argument('--threads', type=_count(1), default=None, help='torch.set_num_threads (CPU; also onnxruntime)')
     p.add_argument('--no-malloc-trim', action='store_true',
                    help='CPU: keep freed memory in the glibc heap (avoids page faults on large tensors)')
-    p.add_argument('--warmup', type=int, default=5, help='untimed calls first (also absorbs compilation)')
-    p.add_argument('--min-time', type=float, default=None, help='seconds per measurement (default 1.0; 0.3 layers)')
-    p.add_argument('--rounds', type=int, default=5, help='interleaved rounds (medians over rounds)')
-    p.add_argument('--top', type=int, default=30, help='profile: kernels kept per model')
+    p.add_argument('--warmup', type=_count(0), default=5, help='untimed calls first (also absorbs compilation)')
+    p.add_argument('--min-time', type=_seconds, default=None, help='seconds per measurement (default 1.0; 0.3 layers)')
+    p.add_argument('--rounds', type=_count(1), default=5, help='interleaved rounds (medians over rounds)')
+    p.add_argument('--top', type=_count(1), default=30, help='profile: kernels kept per model')
     p.add_argument('--results-file', default=None,
                    help='CSV path (default results/benchmark-<mode>-<device>.csv in the current directory)')
     p.add_argument('--results-dir', default=None, help='--suite: folder for its CSVs')
-    p.add_argument('--budget-s', type=float, default=None, help='--suite: seconds for the whole suite')
+    p.add_argument('--budget-s', type=_seconds, default=None, help='--suite: seconds for the whole suite')
     p.add_argument('--smoke', action='store_true', help='--suite: same steps on the CPU with tiny sizes')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=_count(0), default=0)
     return p
 
 
@@ -802,11 +829,8 @@ def main(argv: Optional[Sequence[str]] = None, log: Optional[Callable[[str], Non
 
 
 def setup(args, log) -> torch.device:
-    if args.device == 'auto':
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit(f'--device {args.device}: CUDA is not available')
+    device = device_of(args.device, '--device')  # ValueError: not cpu/cuda, or a GPU this machine lacks
+    args.device = str(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.no_malloc_trim and device.type == 'cpu' and not disable_malloc_trim():
@@ -868,7 +892,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         _watchdog(pre.budget_s)
     try:
         return main(argv)
-    except (FileNotFoundError, NotARegularFileError) as e:
+    except (FileNotFoundError, NotARegularFileError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
 

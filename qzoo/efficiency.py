@@ -40,10 +40,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import stats
+from .bounds import device_of
 from .curves import (AXES, EXTERNAL_DATA, ONE_SEED, Job, _LABEL, _ci, _m, _ms, _pct, _verdict_cell, plan, plot,
                      run_jobs, table_for)
-from .errors import NotARegularFileError
+from .errors import CheckpointError, NotARegularFileError
 from .evaluation import EvalCache
+from .external import ExternalCheckpointError
 from .fileio import atomic_write_text, check_target
 
 __all__ = ['main', 'markdown', 'table_markdown', 'write_csv', 'readme_block', 'summary_sentence', 'headline_row',
@@ -494,9 +496,23 @@ def main(argv: Optional[Sequence[str]] = None, default_out: str = 'results') -> 
         except (OSError, ValueError) as e:
             ap.error(f'--readme {a.readme}: {e}')
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    try:
+        a.device = str(device_of(a.device, '--device'))
+    except ValueError as e:
+        ap.error(str(e))
+    try:
+        return _run(a, records, datasets, readme_text)
+    except (CheckpointError, ExternalCheckpointError, ValueError, TypeError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
 
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _run(a, records, datasets: Optional[List[str]], readme_text: Optional[str], log=_log) -> int:
+    """``qzoo eval`` after its arguments are checked: score, bootstrap, write."""
     t0 = time.time()
     jobs = plan(records, datasets, _mirrors(a.mirror), log)
     cache = EvalCache(refresh=a.no_cache)

@@ -47,6 +47,7 @@ except ImportError:  # not POSIX: run folders are not locked
     fcntl = None
 
 from . import __version__
+from .bounds import MAX_JSON_BYTES, device_of, read_bounded, whole_number
 from .checkout import code_identity
 from .divergence import Divergence, detect
 from .errors import (CheckpointError, CheckpointWriteError, DataError, DivergenceWarning, NotARegularFileError,
@@ -58,8 +59,8 @@ from .monitor import StepMonitor
 from .recipe import Recipe, load_recipe, override_tag, recipe_help
 from .relinear import param_groups
 
-__all__ = ['train', 'warm_start', 'default_out', 'load_recipe', 'Recipe', 'RunDir', 'TrainingDiverged',
-           'CheckpointWriteError', 'CheckpointError', 'RecipeError', 'RunDirError']
+__all__ = ['train', 'warm_start', 'default_out', 'read_results', 'check_results', 'load_recipe', 'Recipe', 'RunDir',
+           'TrainingDiverged', 'CheckpointWriteError', 'CheckpointError', 'RecipeError', 'RunDirError']
 
 CKPT, BEST, LOG, LOCK, MONITOR = 'last.ckpt', 'best.safetensors', 'log.jsonl', 'train.lock', 'monitor.jsonl'
 #: every file a run writes in its folder (train.lock aside); a new run removes the previous run's first
@@ -248,11 +249,25 @@ class Dist:
         return self.rank == 0
 
 
+def _env_int(name: str, lo: int, hi: Optional[int] = None, default: Optional[str] = None) -> int:
+    """Environment variable ``name`` (set by torchrun) as a whole number in [lo, hi]; RunDirError naming it otherwise."""
+    value = os.environ.get(name, default)
+    fix = ('Fix: start distributed runs with torchrun (torchrun --nproc_per_node=N --no-python qzoo train ...), '
+           'which sets WORLD_SIZE, RANK and LOCAL_RANK, or unset WORLD_SIZE for a single process')
+    if value is None:
+        raise RunDirError(f'WORLD_SIZE={os.environ.get("WORLD_SIZE")} asks for a distributed run, but {name} is not '
+                          f'set. {fix}')
+    try:
+        return whole_number(value, f'the environment variable {name}', lo, hi, RunDirError)
+    except RunDirError as e:
+        raise RunDirError(f'{e}. {fix}') from None
+
+
 def _setup_dist(device_pref: str) -> Dist:
-    ws = int(os.environ.get('WORLD_SIZE', '1'))
+    ws = _env_int('WORLD_SIZE', 1, default='1')
     if ws <= 1:
         return Dist()
-    rank, local = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    rank, local = _env_int('RANK', 0, ws - 1), _env_int('LOCAL_RANK', 0, default='0')
     use_cuda = torch.cuda.is_available() and device_pref in ('auto', 'cuda')
     if use_cuda:
         torch.cuda.set_device(local)
@@ -262,9 +277,10 @@ def _setup_dist(device_pref: str) -> Dist:
 
 
 def _device(pref: str, dist: Dist) -> torch.device:
+    """The run's device; a CUDA device this machine lacks is a RecipeError before anything is built."""
     if pref == 'auto':
         return torch.device(f'cuda:{dist.local_rank}' if torch.cuda.is_available() else 'cpu')
-    return torch.device(pref)
+    return device_of(pref, 'recipe key device', RecipeError)
 
 
 def _device_name(device: torch.device) -> str:
@@ -317,6 +333,8 @@ def _data(r: Recipe, dist: Dist, device: torch.device, smoke: bool):
     """The dataset (a smoke slice of it with ``smoke``) and its train / val / test loaders."""
     from .data import BatchLoader, load_dataset
     ds = load_dataset(r.data, **r.data_args)
+    ds.require_samples(('train', 'val', 'test'), 'a run trains on train, selects its published epoch on val and '
+                                                 'scores it once on test')
     if smoke:
         ds.train, ds.val, ds.test = (_smoke_slice(getattr(ds, k), r.smoke[k]) for k in ('train', 'val', 'test'))
     train_loader = BatchLoader(ds.train, max(1, r.batch_size // dist.world_size), shuffle=True, seed=r.seed,
@@ -466,7 +484,30 @@ def _load_checkpoint(path: Path) -> Dict[str, Any]:
     if not ok:
         raise CheckpointError(f'--resume: {path} holds an invalid state (epoch {e!r}, or malformed model / rng / '
                               'recipe_sha256 entries). ' + _CKPT_FIX.format(path=path))
+    problem = _progress_problem(state)
+    if problem:
+        raise CheckpointError(f'--resume: {path} holds an invalid state ({problem}); it was not written by this run. '
+                              + _CKPT_FIX.format(path=path))
     return state
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _progress_problem(state: Dict[str, Any]) -> str:
+    """What is wrong with a checkpoint's progress entries (best score, best epoch, wall time), or ''."""
+    best, best_epoch, wall = state['best'], state['best_epoch'], state['wall_time_s']
+    if (best is None) != (best_epoch is None):
+        return f'best {best!r} and best_epoch {best_epoch!r}: both or neither are set'
+    if best is not None and not (_finite(best) or best in (math.inf, -math.inf)):  # inf: an epoch of NaN outputs
+        return f'best validation score {best!r}, not a number'
+    if best_epoch is not None and not (isinstance(best_epoch, int) and not isinstance(best_epoch, bool)
+                                       and 0 <= best_epoch <= state['epoch']):
+        return f'best_epoch {best_epoch!r}, not an epoch in [0, {state["epoch"]}]'
+    if not _finite(wall) or wall < 0:
+        return f'wall_time_s {wall!r}, not a finite number of seconds >= 0'
+    return ''
 
 
 def _restore(s: _Setup, run: RunDir, sha: str) -> _Progress:
@@ -667,6 +708,45 @@ def _finish(s: _Setup, run: RunDir, p: _Progress, smoke: bool, recipe_path: Opti
         raise run.write_error('model.safetensors', e, 'the published weights, config.json or README.md in') from e
     run.write_json('results.json', results)
     return results
+
+
+#: the fields of results.json that publishing and the tools read without a default, and their JSON types
+RESULTS_FIELDS = {'model': str, 'dataset': str, 'task': str, 'data_spec': dict, 'primary_metric': str, 'val': dict,
+                  'test': dict, 'seed': int, 'params': int, 'macs': int, 'neuron': str, 'epochs': int}
+
+
+def read_results(path) -> Dict[str, Any]:
+    """A run's ``results.json``, checked to be what :func:`train` writes: a JSON object with the fields of
+    :data:`RESULTS_FIELDS` of their types, a ``data_spec`` naming a dataset (``name``) and its options (``args``),
+    and the primary metric a finite number in ``val`` and ``test``; RunDirError naming the file and what is wrong
+    otherwise (FileNotFoundError when it is missing)."""
+    path = Path(path)
+    fix = 'Fix: finish the run with --resume, or train it again; train writes this file'
+    try:
+        res = json.loads(read_bounded(path, MAX_JSON_BYTES, 'results file', RunDirError, fix))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunDirError(f'{path} is not JSON ({e}). {fix}') from None
+    return check_results(res, path)
+
+
+def check_results(res: Any, path) -> Dict[str, Any]:
+    """``res`` (parsed from ``path``) if it is what :func:`train` writes to ``results.json`` (see
+    :func:`read_results`), else RunDirError naming the file and what is wrong."""
+    fix = 'Fix: finish the run with --resume, or train it again; train writes this file'
+    if not isinstance(res, dict):
+        raise RunDirError(f'{path} holds a JSON {type(res).__name__}, not the object of fields train writes. {fix}')
+    problems = [f'{k} is missing' for k in RESULTS_FIELDS if k not in res]
+    problems += [f'{k} is a {type(res[k]).__name__}, not a {t.__name__}' for k, t in RESULTS_FIELDS.items()
+                 if k in res and (not isinstance(res[k], t) or isinstance(res[k], bool))]
+    spec, key = res.get('data_spec'), res.get('primary_metric')
+    if isinstance(spec, dict) and not (isinstance(spec.get('name'), str) and isinstance(spec.get('args', {}), dict)):
+        problems.append(f'data_spec {spec!r} does not name a dataset (name) and its options (args)')
+    for split in ('val', 'test'):
+        if isinstance(res.get(split), dict) and isinstance(key, str) and not _finite(res[split].get(key)):
+            problems.append(f'{split} has no finite {key} (the primary metric): {res[split].get(key)!r}')
+    if problems:
+        raise RunDirError(f'{path} is not a results file train wrote: {"; ".join(problems)}. {fix}')
+    return res
 
 
 # ---- the run --------------------------------------------------------------------------------

@@ -35,15 +35,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError, NotARegularFileError
+from .bounds import device_of, load_yaml
+from .errors import CheckpointError, DataError, NotARegularFileError
 from .fileio import atomic_open, check_target, sha256_bytes, sha256_file
 from .measure import count_macs, count_params
 from .metrics import Metrics, evaluate
+from .serialization import hub_cache_error
 
 __all__ = ['load_any', 'external_available', 'evaluate_on', 'validate', 'evaluate_spec', 'Evaluation', 'Scores',
            'TrainedOn', 'training_data', 'parse_data_args',
            'score_split', 'check_fits_data', 'DataMismatchError', 'data_settings', 'load_split', 'EvalCache',
-           'EVAL_VERSION', 'frontier', 'params_at_metric', 'metric_at_params', 'compare_to_curve',
+           'EVAL_VERSION', 'entry_problem', 'frontier', 'params_at_metric', 'metric_at_params', 'compare_to_curve',
            'efficiency_rows', 'TIMM_COLUMNS', 'QZOO_COLUMNS', 'write_results_csv', 'main']
 
 #: bump when scoring (per-example scores, metrics, normalisation, the results row) changes
@@ -87,8 +89,11 @@ def external_available(name: str, mirrors: Sequence[Path] = ()) -> bool:
     for m in mirrors:
         src = Path(m) / name.split('/')[0] / entry.file_name
         if src.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, path)
+            except OSError as e:
+                raise hub_cache_error(path, e) from None
             return True
     return False
 
@@ -204,6 +209,7 @@ def check_fits_data(model: nn.Module, ds, split: str = 'test', spec: str = 'the 
     (classification: one logit per class of the dataset; segmentation: a map the size of the mask;
     regression: one value per target)."""
     from .data import BatchLoader
+    ds.require_samples((split,), f'{spec} is scored on it')
     fix = _fix_hint(spec, record)
     if record is not None and record.task and record.task != ds.task:
         raise DataMismatchError(f'{spec} is a {record.task} checkpoint (trained on {record.dataset}), but {ds.name} '
@@ -389,43 +395,92 @@ def same_outputs(a: np.ndarray, b: np.ndarray) -> bool:
 
 class EvalCache:
     """Per-example scores, results rows and probes on disk, one ``<key>.npz`` per evaluation under
-    ``root`` (default ``$QZOO_CACHE/eval``); writes are atomic, an unreadable entry is a miss.
+    ``root`` (default ``$QZOO_CACHE/eval``); writes are atomic. Each entry records the SHA-256 of its
+    content (the scores, the row, the metrics and the probe), checked on every read; an entry that is
+    unreadable (truncated, not an .npz, too large), whose digest does not match (edited, damaged, or
+    written before digests were recorded) or whose scores disagree with the data they claim to score
+    (:func:`entry_problem`) is a miss: it is scored again and rewritten, with a note on stderr.
     ``refresh=True`` reads nothing (every lookup is a miss) and rewrites the entries it scores.
-    ``hits``, ``misses`` and ``stale`` (entries whose model now computes other outputs) count lookups."""
+    ``hits``, ``misses``, ``stale`` (entries whose model now computes other outputs) and ``damaged``
+    (entries refused as above) count lookups."""
 
     def __init__(self, root: Optional[Path] = None, refresh: bool = False):
         from .data._common import cache_dir
         self.root = Path(root) if root is not None else cache_dir() / 'eval'
         self.refresh = bool(refresh)
-        self.hits = self.misses = self.stale = 0
+        self.hits = self.misses = self.stale = self.damaged = 0
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f'{key}.npz'
 
+    def refuse(self, key: str, why: str) -> None:
+        """Count entry ``key`` as damaged and say why on stderr (it is scored again and rewritten)."""
+        self.damaged += 1
+        print(f'evaluation cache: {self.path(key)} {why}; scoring again', file=sys.stderr)
+
     def get(self, key: str) -> Optional[Tuple['Scores', Dict[str, Any], np.ndarray]]:
-        """``(scores, row, probe)`` of a stored evaluation, or None."""
+        """``(scores, row, probe)`` of a stored evaluation whose digest matches its content, or None."""
+        from .data._common import load_npz
         p = self.path(key)
         if self.refresh or not p.is_file():
             return None
         try:
-            with np.load(p, allow_pickle=False) as z:
-                meta = json.loads(str(z['__meta__']))
-                arrays = {k: z[k] for k in z.files if not k.startswith('__')}
-                out = z['__probe__']
-        except (OSError, ValueError, KeyError, EOFError) as e:
-            print(f'evaluation cache: {p} is unreadable ({type(e).__name__}: {e}); scoring again', file=sys.stderr)
+            arrays = load_npz(p, None, 'an evaluation cache entry')
+            text, out, digest = str(arrays.pop('__meta__')), arrays.pop('__probe__'), str(arrays.pop('__sha256__'))
+            meta = json.loads(text)
+            scores = Scores(meta['task'], meta['num_classes'], arrays, meta['metrics'])
+            row = dict(meta['row'])
+        except (DataError, KeyError, TypeError, ValueError) as e:
+            cause = e.__cause__ or e
+            self.refuse(key, f'is unreadable ({type(cause).__name__}: {cause})')
             return None
-        return Scores(meta['task'], meta['num_classes'], arrays, meta['metrics']), meta['row'], out
+        if digest != _entry_digest(text, arrays, out):
+            self.refuse(key, 'does not match the SHA-256 recorded when it was written (edited, damaged, or written '
+                             'before entries recorded one)')
+            return None
+        return scores, row, out
 
     def put(self, key: str, scores: 'Scores', row: Dict[str, Any], out: np.ndarray) -> None:
-        meta = dict(task=scores.task, num_classes=scores.num_classes, metrics=scores.metrics, row=row)
+        text = json.dumps(dict(task=scores.task, num_classes=scores.num_classes, metrics=scores.metrics, row=row),
+                          sort_keys=True)
         p = self.path(key)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             with atomic_open(p, 'wb') as f:
-                np.savez(f, __meta__=np.array(json.dumps(meta, sort_keys=True)), __probe__=out, **scores.arrays)
+                np.savez(f, __meta__=np.array(text), __probe__=out,
+                         __sha256__=np.array(_entry_digest(text, scores.arrays, out)), **scores.arrays)
         except OSError as e:  # an unwritable cache only costs time
             print(f'evaluation cache: cannot write {p} ({e}); continuing without it', file=sys.stderr)
+
+
+def _entry_digest(meta: str, arrays: Mapping[str, np.ndarray], out: np.ndarray) -> str:
+    """SHA-256 of a cache entry's content: its metadata (task, metrics, row), the names, dtypes, shapes and bytes
+    of its per-example arrays, and the probe."""
+    from .data._common import sha256_array
+    names = sorted(arrays)
+    return sha256_bytes('\n'.join([meta, json.dumps(names), sha256_array(out, *(arrays[k] for k in names))]))
+
+
+def entry_problem(scores: 'Scores', ds, split: str) -> str:
+    """What makes cached ``scores`` not scores of ``split`` of ``ds``, or '': the number of examples, the task,
+    the labels (classification: they must be the split's, and ``correct`` must be ``pred == label``) and the
+    metrics recomputed from the per-example scores."""
+    part = getattr(ds, split)
+    if (scores.task, scores.num_classes) != (ds.task, ds.num_classes):
+        return f'it scores a {scores.task} task of {scores.num_classes} classes, not {ds.name}'
+    try:
+        if scores.n != len(part):
+            return f'it holds {scores.n} examples, the split {len(part)}'
+        if ds.task == 'classification':
+            label, pred = scores.arrays['label'], scores.arrays['pred']
+            if not np.array_equal(label, part.y.numpy()):
+                return "its labels are not the split's"
+            if not np.array_equal(scores.arrays['correct'], (pred == label).astype(np.uint8)):
+                return 'its per-example correct flags disagree with its predictions'
+        scores.check()
+    except (KeyError, ValueError, TypeError, RuntimeError, StopIteration) as e:
+        return f'its scores are inconsistent ({type(e).__name__}: {e})'
+    return ''
 
 
 # ---- one evaluation ------------------------------------------------------------------------------
@@ -486,8 +541,14 @@ def one_thread():
 
 
 def _cached(cache: Optional[EvalCache], key: Optional[str], model: nn.Module, ds, split: str, device: str):
-    """The cache entry of ``key`` if the model still computes the stored probe outputs, else None."""
+    """The cache entry of ``key`` if its scores are consistent with the split (:func:`entry_problem`) and the model
+    still computes the stored probe outputs, else None."""
     hit = cache.get(key) if cache is not None and key is not None else None
+    if hit is not None:
+        problem = entry_problem(hit[0], ds, split)
+        if problem:
+            cache.refuse(key, problem)
+            hit = None
     if hit is None:
         if cache is not None:
             cache.misses += 1
@@ -712,7 +773,10 @@ def parse_data_args(items: Sequence[str]) -> Dict[str, Any]:
         k, sep, v = item.partition('=')
         if not sep or not k:
             raise ValueError(f'--data-arg {item!r}: expected KEY=VALUE (e.g. snr_db=-6, eval_stride=2048)')
-        out[k] = yaml.safe_load(v)
+        try:
+            out[k] = load_yaml(v, f'--data-arg {item!r}')[0]
+        except yaml.YAMLError as e:
+            raise ValueError(str(e).splitlines()[0]) from None
     return out
 
 
@@ -729,6 +793,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     except NotARegularFileError as e:
         print(f'error: --results-file {a.results_file}: {e}', file=sys.stderr)
         return 2
+    try:
+        a.device = str(device_of(a.device, '--device'))
+    except ValueError as e:
+        ap.error(str(e))
     cache = EvalCache(refresh=a.no_cache)
     rows, failed = [], []
     for spec in a.weights:

@@ -266,8 +266,8 @@ def _check_parity(model: nn.Module, path: Path, input_shape, dynamic: bool, rtol
 
 def main(argv=None) -> int:
     """``qzoo export`` (see :data:`EXPORT_HELP`); returns the exit status."""
-    from .errors import CheckpointError, NotARegularFileError
-    from .registry import create_model
+    from .errors import CheckpointError
+    from .hub import create_model
     a = _export_parser().parse_args(argv)
     pretrained = a.pretrained or a.name.startswith(('hf-hub:', 'local-dir:')) or '.' in a.name.split(':')[-1]
     try:
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
               f'{path.stat().st_size / 1e3:.0f} kB; checked by onnx.checker)')
         if a.check and not _check_parity(model, path, shape, not a.static_batch, a.rtol):
             return 1
-    except (ValueError, TypeError, CheckpointError, FileNotFoundError, ImportError, NotARegularFileError) as e:
+    except (ValueError, TypeError, CheckpointError, ImportError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

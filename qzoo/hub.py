@@ -4,23 +4,27 @@ weights into the right qzoo model, push a folder to the Hugging Face Hub.
 Weight specs understood by :func:`from_pretrained` (and ``eval/validate.py``):
 
 * published weights by name, e.g. ``qcnn_w8.cwru-clean-s1`` (:mod:`qzoo.weights`);
-* a folder holding ``model.safetensors`` + ``config.json`` (what :func:`save_pretrained` writes);
+* a folder holding ``model.safetensors`` + ``config.json`` (what :func:`save_pretrained` writes), or
+  ``local-dir:FOLDER`` (timm's spelling, and the way to name a folder that has a published name; a
+  published name that is also a local path is loaded as published, with a warning);
 * a ``.safetensors`` file (its metadata names the architecture and model args);
 * ``hf-hub:org/name[@revision]`` (``hf_hub_download``; offline from the HF cache with
   ``HF_HUB_OFFLINE=1``);
 * an ``https://`` URL of a ``.safetensors`` file (cached under torch.hub's folder, keyed by the URL).
 
-Every load checks the weights' SHA-256 where one is recorded (the manifest, a folder's
-``config.json``; a URL's torch.hub-style ``-<hex>`` name with ``check_hash=True``), reads
-safetensors only (nothing is ever unpickled), accepts only qzoo architectures, and checks
-the file's tensor names, shapes and dtypes against the architecture *before* the model is
-allocated (it is first built on PyTorch's ``meta`` device).
+:func:`create_model` (``qzoo.create_model``) loads ``local-dir:`` and ``hf-hub:`` sources through the
+same loader, so they get the same checks. Every load checks the weights' SHA-256 where one is
+recorded (the manifest, a folder's ``config.json``; a URL's torch.hub-style ``-<hex>`` name with
+``check_hash=True``), reads safetensors only (nothing is ever unpickled), accepts only qzoo
+architectures, and checks the file's tensor names, shapes and dtypes against the architecture
+*before* the model is allocated (it is first built on PyTorch's ``meta`` device).
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -31,15 +35,16 @@ from .cards import model_card
 from .errors import CheckpointError
 from .fileio import atomic_write_text
 from .models import RUNTIME_KWARGS
-from .registry import create_model, is_model
+from .registry import create_model as registry_create_model
+from .registry import is_model
 from .fileio import sha256_file
 from .serialization import (check_fits, download_url, hf_download, load_weights, read_config, read_header,
                             recorded_sha256, save_weights)
 from .weights import CONFIG_NAME, WEIGHTS_NAME, all_weights
 
-__all__ = ['CheckpointError', 'save_pretrained', 'push_to_hub', 'from_pretrained', 'load_with_info',
-           'resolve_spec', 'model_args_of', 'write_config', 'load_weights', 'save_weights', 'sha256_file',
-           'WEIGHTS_NAME', 'CONFIG_NAME']
+__all__ = ['CheckpointError', 'create_model', 'save_pretrained', 'push_to_hub', 'from_pretrained',
+           'load_with_info', 'resolve_spec', 'model_args_of', 'write_config', 'load_weights', 'save_weights',
+           'sha256_file', 'WEIGHTS_NAME', 'CONFIG_NAME']
 
 
 # ---- loading ----------------------------------------------------------------------------
@@ -78,16 +83,43 @@ def _published(spec: str):
         return None
 
 
+def _resolve_folder(path: Path, spec: str) -> Tuple[Path, Optional[str], Dict[str, Any]]:
+    if not path.is_dir():
+        raise CheckpointError(f'{spec!r}: {path} is not a folder. Fix: give a folder written by '
+                              f'qzoo.hub.save_pretrained (model.safetensors + config.json)')
+    config = read_config(path)
+    arch, args = _describe(config, {}, path)
+    return path / WEIGHTS_NAME, recorded_sha256(config, str(path / CONFIG_NAME)), dict(
+        architecture=arch, model_args=args, source=str(path.resolve()), config=config)
+
+
+def _warn_if_shadowed(spec: str) -> None:
+    """Warn when published weights ``spec`` share their name with a local folder or file, which they win over."""
+    local = Path(spec).expanduser()
+    if local.exists():
+        kind = 'folder' if local.is_dir() else 'file'
+        warnings.warn(f'{spec!r} names published weights and also the local {kind} {local.resolve()}: the published '
+                      f'weights are loaded (source published:{spec}). Fix: to load the local {kind}, write '
+                      f'{"local-dir:" + spec if kind == "folder" else "./" + spec} or its absolute path',
+                      UserWarning, stacklevel=2)  # one location: shown once per process by default
+
+
 def resolve_spec(spec: Union[str, Path], cache_dir=None, check_hash: bool = False
                  ) -> Tuple[Path, Optional[str], Dict[str, Any]]:
-    """``(weights file, expected SHA-256 or None, info)`` of any weight spec (see the module doc);
-    ``info`` has architecture, model_args, source and the config (if any). Reads no tensors
-    (hash-checked loads from the Hugging Face cache aside)."""
+    """``(weights file, expected SHA-256 or None, info)`` of any weight spec (see the module doc; ``local-dir:PATH``
+    is the folder PATH, even where a published name is the same); ``info`` has architecture, model_args, source
+    (``published:<name>``, the absolute path of a folder or file, the ``hf-hub:`` spec or the URL) and the config
+    (if any). Reads no tensors (hash-checked loads from the Hugging Face cache aside)."""
     spec_s = str(spec)
+    if spec_s.startswith('hf_hub:'):  # timm's other spelling
+        spec_s = 'hf-hub:' + spec_s[len('hf_hub:'):]
+    if spec_s.startswith('local-dir:'):
+        return _resolve_folder(Path(spec_s[len('local-dir:'):]).expanduser(), spec_s)
     w = _published(spec_s)
     if w is not None:
-        return w.file, w.sha256, dict(architecture=w.architecture, model_args=dict(w.model_args), source=w.name,
-                                     config=None, record=w)
+        _warn_if_shadowed(spec_s)
+        return w.file, w.sha256, dict(architecture=w.architecture, model_args=dict(w.model_args),
+                                     source=f'published:{w.name}', config=None, record=w)
     if spec_s.startswith('hf-hub:'):
         repo = spec_s[len('hf-hub:'):]
         config = read_config(hf_download(repo, CONFIG_NAME, cache_dir).parent)
@@ -102,21 +134,38 @@ def resolve_spec(spec: Union[str, Path], cache_dir=None, check_hash: bool = Fals
         return file, None, dict(architecture=arch, model_args=args, source=spec_s, config=None)
     path = Path(spec_s).expanduser()
     if path.is_dir():
-        config = read_config(path)
-        arch, args = _describe(config, {}, path)
-        return path / WEIGHTS_NAME, recorded_sha256(config, str(path / CONFIG_NAME)), dict(
-            architecture=arch, model_args=args, source=str(path), config=config)
+        return _resolve_folder(path, spec_s)
     if path.is_file():
         _, meta = read_header(path)
         arch, args = _describe(None, meta, path)
-        return path, None, dict(architecture=arch, model_args=args, source=str(path), config=None)
-    raise CheckpointError(f'cannot resolve weights {spec_s!r}: not a published name, folder, file, hf-hub:org/name or '
-                          f'https URL (qzoo.list_models(pretrained=True) lists the published names)')
+        return path, None, dict(architecture=arch, model_args=args, source=str(path.resolve()), config=None)
+    raise CheckpointError(f'cannot resolve weights {spec_s!r}: not a published name, folder, file, hf-hub:org/name, '
+                          f'local-dir:FOLDER or https URL (qzoo.list_models(pretrained=True) lists the published names)')
+
+
+#: the sources :func:`create_model` loads through this module (timm's prefixes; ``hf_hub:`` is timm's spelling too)
+SOURCE_PREFIXES = ('local-dir:', 'hf-hub:', 'hf_hub:')
+
+
+def create_model(model_name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """``qzoo.create_model``: a qzoo architecture or published weights by name (``'qresnet20'``,
+    ``'qcnn_w8.cwru-clean-s1'``: :func:`qzoo.registry.create_model`, timm's ``create_model`` for qzoo names), or
+    a ``local-dir:FOLDER`` / ``hf-hub:org/name`` source through this module's loader, with the checks of
+    :func:`from_pretrained` (qzoo architectures only, safetensors only, the recorded SHA-256, the tensors' shapes
+    before anything is allocated). Without ``pretrained`` a source gives its architecture with fresh weights.
+    ``kwargs`` override the saved model arguments."""
+    name = str(model_name)
+    if not name.startswith(SOURCE_PREFIXES):
+        return registry_create_model(name, pretrained=pretrained, **kwargs)
+    if pretrained:
+        return from_pretrained(name, **kwargs)
+    _, _, info = resolve_spec(name)
+    return registry_create_model(info['architecture'], **dict(info['model_args'], **kwargs))
 
 
 def _build(arch: str, args: Dict[str, Any], file: Path, **device) -> nn.Module:
     try:
-        return create_model(arch, **args, **device)
+        return registry_create_model(arch, **args, **device)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f'{file}: cannot build {arch} with model_args {args}: {e}') from None
 

@@ -190,8 +190,9 @@ def _summarise(run):
     rec = dict(run)
     with contextlib.suppress(FileNotFoundError, ValueError):
         res = json.loads((out / 'results.json').read_text())
-        rec.update({k: res.get(k) for k in ('model', 'model_args', 'dataset', 'params', 'macs', 'val', 'test',
-                                            'primary_metric', 'selected_epoch', 'epochs', 'wall_time_s', 'device')})
+        if isinstance(res, dict):  # else not a file train wrote: the summary goes without it
+            rec.update({k: res.get(k) for k in ('model', 'model_args', 'dataset', 'params', 'macs', 'val', 'test',
+                                                'primary_metric', 'selected_epoch', 'epochs', 'wall_time_s', 'device')})
     lines = _read_log(run)
     if lines and all('img_s' in l for l in lines):
         steady = lines[1:] or lines  # epoch 0 includes start-up

@@ -47,6 +47,7 @@ import torch
 
 from .cards import model_card, zoo_index
 from .checkout import is_checkout
+from .engine import check_results
 from .errors import CheckpointError, NotARegularFileError, RunDirError
 from .fileio import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_regular, locked, read_regular,
                      sha256_bytes)
@@ -409,6 +410,7 @@ def _read_run(run: Path) -> _Run:
                           f'({type(e).__name__}: {e}). Fix: re-run the training') from None
     if not isinstance(results, dict) or not isinstance(ran, dict):
         raise RunDirError(f'{run}: results.json or recipe.yaml is not a mapping. Fix: re-run the training')
+    results = check_results(results, run / 'results.json')
     if results.get('smoke'):
         raise ValueError(f'{run} is a --smoke run; publish real runs only')
     if results.get('model') not in MODEL_FACTORIES:

@@ -2,17 +2,20 @@
 
 A recipe file is a YAML mapping of the fields below; ``base: other.yaml`` (relative to the file)
 inherits another file, whose values the file's own replace (mappings are merged key by key).
-:func:`load_recipe` layers, in order: the defaults, the file (with its bases), keyword values,
-then ``key=value`` overrides with dotted keys for nested values (``model_args.width=8``,
-``smoke.epochs=2``); values are read as YAML.
+Recipe files and their bases are read only as regular files of at most 1 MiB, at most
+:data:`MAX_BASES` bases deep, and their YAML (like an override's) may expand to at most
+100,000 values through aliases (:mod:`qzoo.bounds`). :func:`load_recipe` layers, in order: the
+defaults, the file (with its bases), keyword values, then ``key=value`` overrides with dotted
+keys for nested values (``model_args.width=8``, ``smoke.epochs=2``); values are read as YAML.
 
 Every field has a type, a range and a one-line doc (``python recipes/train.py --help`` lists
 them). A value of the wrong type or out of range, an unknown key (with the nearest valid name),
 an unknown model, dataset or dataset option, bad YAML or a ``base:`` cycle raise
 :class:`~qzoo.errors.RecipeError` naming where the value came from (file and line, or the
-override). Two YAML details: numbers written without a dot (``1e-4``) are read as strings by
-YAML and accepted as numbers here; booleans must be YAML booleans (``true``/``false``, unquoted),
-and ``amp: off`` (which YAML reads as false) means ``'off'``. ``model_args`` and ``data_args``
+override), and so does a warm-up longer than the run (``warmup_epochs`` > ``epochs``). Two YAML
+details: numbers written without a dot (``1e-4``) are read as strings by YAML and accepted as
+numbers here; booleans must be YAML booleans (``true``/``false``, unquoted), and ``amp: off``
+(which YAML reads as false) means ``'off'``. ``model_args`` and ``data_args``
 are free-form mappings passed to ``qzoo.create_model`` and ``qzoo.data.load_dataset``.
 
 A run records the resolved recipe as YAML (:meth:`Recipe.to_yaml`, sorted keys) and its SHA-256
@@ -23,7 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from .bounds import MAX_YAML_BYTES, as_number, device_of, load_yaml, read_bounded
 from .errors import RecipeError
 from .fileio import sha256_bytes
 
@@ -56,7 +59,7 @@ class _Spec:
         """What a valid value looks like, in words."""
         base = {'int': 'a whole number', 'float': 'a number', 'bool': 'true or false (a YAML boolean, unquoted)',
                 'bool_or_auto': "true, false or 'auto'", 'mapping': 'a mapping', 'str': 'a name',
-                'device': "'auto' or a torch device ('cpu', 'cuda', 'cuda:1')",
+                'device': "'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:<index>'",
                 'betas': 'two numbers in [0, 1)', 'smoke': 'a mapping'}.get(self.kind, '')
         if self.kind == 'choice':
             base = 'one of ' + ', '.join(repr(c) for c in self.choices)
@@ -158,9 +161,10 @@ class Recipe:
 
     def for_smoke(self) -> 'Recipe':
         """The ``--smoke`` variant: ``smoke.epochs`` epochs, batches of at most ``smoke.batch_size``
-        (evaluation at most 64), on the CPU, no compilation, no autocast."""
+        (evaluation at most 64), a warm-up no longer than the run, on the CPU, no compilation, no autocast."""
         sm = self.smoke
-        return self.replace(epochs=sm['epochs'], batch_size=min(self.batch_size, sm['batch_size']),
+        return self.replace(epochs=sm['epochs'], warmup_epochs=min(self.warmup_epochs, sm['epochs']),
+                            batch_size=min(self.batch_size, sm['batch_size']),
                             eval_batch_size=min(self.eval_batch_size, 64), device='cpu', compile=False, amp='off')
 
     @classmethod
@@ -193,28 +197,6 @@ def _bad(key: str, spec: _Spec, value, where: str) -> RecipeError:
     return RecipeError(f'{where}: {key} must be {spec.want()}, got {got} ({key}: {spec.doc})')
 
 
-def _as_number(value, integer: bool):
-    """A finite int/float from a YAML value (numeric strings such as '1e-4' included), else None.
-    Floats keep their type unless ``integer`` (whole floats become ints); strings become floats."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if not isinstance(value, (int, float)):
-        return None
-    try:
-        if not math.isfinite(value):
-            return None
-        if integer:
-            return int(value) if float(value).is_integer() else None
-    except OverflowError:  # an int too large for a float
-        return None
-    return value
-
-
 def _in_range(spec: _Spec, v) -> bool:
     if spec.lo is not None and (v < spec.lo or (spec.lo_open and v == spec.lo)):
         return False
@@ -222,7 +204,7 @@ def _in_range(spec: _Spec, v) -> bool:
 
 
 def _check_number(key: str, spec: _Spec, value, where: str):
-    v = _as_number(value, spec.kind == 'int')
+    v = as_number(value, spec.kind == 'int')
     if v is None or not _in_range(spec, v):
         raise _bad(key, spec, value, where)
     return v
@@ -256,7 +238,7 @@ def _check_value(key: str, spec: _Spec, value, where: str):
             return copy.deepcopy(value)
     elif kind == 'betas':
         if isinstance(value, (list, tuple)) and len(value) == 2:
-            nums = [_as_number(b, False) for b in value]
+            nums = [as_number(b, False) for b in value]
             if all(b is not None and 0 <= b < 1 for b in nums):
                 return nums
     elif kind == 'device':
@@ -267,15 +249,14 @@ def _check_value(key: str, spec: _Spec, value, where: str):
 
 
 def _check_device(key: str, spec: _Spec, value, where: str) -> str:
-    if value == 'auto':
-        return value
-    if isinstance(value, str):
-        import torch
-        try:
-            torch.device(value)
+    """A device qzoo computes on (:func:`qzoo.bounds.device_of`); whether this machine has it is checked when a
+    run starts, so that a GPU recipe still loads elsewhere."""
+    try:
+        if isinstance(value, str):
+            device_of(value, key, ValueError, available=False)
             return value
-        except (RuntimeError, ValueError):
-            pass
+    except ValueError:
+        pass
     raise _bad(key, spec, value, where)
 
 
@@ -304,6 +285,10 @@ def _check(values: Dict[str, Any], sources: Dict[str, str]) -> Dict[str, Any]:
                               'and the overrides gives it')
     out = {k: _check_value(k, specs[k], v, sources.get(k, 'recipe')) for k, v in values.items()}
     _check_names(out, sources)
+    if out['warmup_epochs'] > out['epochs']:
+        raise RecipeError(f"{sources.get('warmup_epochs', 'recipe')}: warmup_epochs {out['warmup_epochs']:g} is longer "
+                          f"than the run (epochs {out['epochs']}, from {sources.get('epochs', 'recipe')}): the learning "
+                          f"rate would never reach lr. Fix: warmup_epochs of at most {out['epochs']}")
     if out.get('monitor_every') and out.get('compile'):
         raise RecipeError(f"{sources.get('monitor_every', 'recipe')}: monitor_every records through module hooks, "
                           'which a compiled model does not run; set compile: false for a monitored run')
@@ -335,14 +320,14 @@ def _check_names(values: Dict[str, Any], sources: Dict[str, str]) -> None:
 def _yaml_mapping(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
     """The mapping in YAML file ``path`` and the line of each top-level key."""
     try:
-        text = path.read_text()
+        text = read_bounded(path, MAX_YAML_BYTES, 'recipe', RecipeError,
+                            'give the path of a recipe file (recipes/<task>/<model>.yaml)').decode('utf-8')
     except FileNotFoundError:
         raise RecipeError(f'recipe {path} not found (recipes live in recipes/<task>/<model>.yaml)') from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise RecipeError(f'recipe {path} cannot be read: {e}') from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, node = load_yaml(text, f'recipe {path}', RecipeError)
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         at = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''
@@ -362,6 +347,10 @@ def _yaml_mapping(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
     return data, lines
 
 
+#: the longest ``base:`` chain a recipe may have (the zoo's recipes have one base)
+MAX_BASES = 16
+
+
 def _read_yaml(path: Path, chain: Tuple[Path, ...] = ()) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """File ``path`` merged over its ``base:`` chain, and the file and line each top-level key came from."""
     path = path.resolve()
@@ -369,6 +358,9 @@ def _read_yaml(path: Path, chain: Tuple[Path, ...] = ()) -> Tuple[Dict[str, Any]
         cycle = ' -> '.join(str(p) for p in chain + (path,))
         raise RecipeError(f'recipe {chain[0]}: its base: chain forms a cycle ({cycle}); remove the base: that '
                           'points back')
+    if len(chain) > MAX_BASES:
+        raise RecipeError(f'recipe {chain[0]}: its base: chain is longer than {MAX_BASES} files ({chain[1]} -> ... '
+                          f'-> {path}); merge some of them')
     data, lines = _yaml_mapping(path)
     sources = {k: f'recipe {path} (line {lines.get(k, "?")})' for k in data}
     base = data.pop('base', None)
@@ -389,7 +381,7 @@ def _parse_override(item: str) -> Tuple[str, Any]:
                           'model_args.width=8)')
     key, value = item.split('=', 1)
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), load_yaml(value, f'override {item!r}', RecipeError)[0]
     except yaml.YAMLError as e:
         raise RecipeError(f'override {item!r}: the value is not valid YAML ({getattr(e, "problem", e)})') from None
 

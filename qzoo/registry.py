@@ -26,6 +26,7 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import timm
+import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models._registry import _model_entrypoints
 
@@ -35,7 +36,7 @@ from .serialization import load_folder, load_hf_repo, load_weights
 from .weights import Weights, all_weights, default_weights, get_weights
 
 __all__ = ['register_all', 'create_model', 'list_models', 'timm_name', 'is_model', 'ALIAS_PREFIX',
-           'pretrained_state_dict', 'tag_cfg']
+           'pretrained_state_dict', 'tag_cfg', 'check_size', 'MAX_MODEL_SIZE']
 
 ALIAS_PREFIX = 'qzoo_'
 #: qzoo name -> the name it has in timm's registry
@@ -106,14 +107,36 @@ def pretrained_state_dict(name: str, record: Optional[Weights], pretrained_cfg, 
     return sd, str(record.file)
 
 
+#: the most values (parameters and buffers) a model built with arguments may hold: 10**9, 4 GB as float32
+MAX_MODEL_SIZE = 1_000_000_000
+
+
+def check_size(name: str, fn: Callable, kwargs: Dict[str, Any]) -> None:
+    """ValueError when factory ``fn`` of ``name`` would build a model of more than :data:`MAX_MODEL_SIZE` values
+    with ``kwargs`` (arguments from a recipe, a config.json or a manifest: ``hidden=[3000000000]``); counted on
+    PyTorch's ``meta`` device, so nothing is allocated. Builds without architecture arguments (the registered
+    defaults, all small) and builds on ``meta`` are not probed."""
+    args = {k: v for k, v in kwargs.items() if k not in RUNTIME_KWARGS}
+    if not args or torch.get_default_device().type == 'meta':
+        return
+    with torch.device('meta'):
+        probe = fn(pretrained=False, **args)
+    n = sum(t.numel() for t in probe.state_dict().values())
+    if n > MAX_MODEL_SIZE:
+        raise ValueError(f'{name} with {args} would hold {n:,} parameters and buffers ({4 * n / 1e9:,.1f} GB as '
+                         f'float32), more than qzoo builds ({MAX_MODEL_SIZE:,}); nothing was allocated. Fix: check '
+                         f'the model arguments (widths, hidden sizes, num_classes, in_chans)')
+
+
 def _entry(name: str, fn: Callable) -> Callable:
-    """The callable timm registers for factory ``fn``: resolves weights, then builds."""
+    """The callable timm registers for factory ``fn``: resolves weights, checks the size, then builds."""
     @functools.wraps(fn)
     def entry(pretrained: bool = False, **kwargs):
         record = _record_for(name, kwargs.get('pretrained_cfg'), pretrained)
         if record is not None:
             for k, v in record.model_args.items():
                 kwargs.setdefault(k, v)
+        check_size(name, fn, kwargs)
         if pretrained:
             sd, source = pretrained_state_dict(name, record, kwargs.get('pretrained_cfg'),
                                                kwargs.get('pretrained_cfg_overlay'))
@@ -210,10 +233,12 @@ def _unknown(name: str) -> str:
 
 
 def create_model(model_name: str, pretrained: bool = False, **kwargs):
-    """``timm.create_model`` for qzoo names (``'qresnet20'``, ``'qcnn_w8.cwru-clean-s1'``); names with a
-    source prefix (``'hf-hub:...'``, ``'local-dir:...'``) go to timm unchanged."""
-    if ':' in model_name:
-        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    """``timm.create_model`` for qzoo names (``'qresnet20'``, ``'qcnn_w8.cwru-clean-s1'``). Sources
+    (``'local-dir:...'``, ``'hf-hub:...'``) are loaded by ``qzoo.create_model`` (:func:`qzoo.hub.create_model`),
+    which checks their weights; here they are refused."""
+    if ':' in str(model_name):
+        raise ValueError(f'{model_name!r}: qzoo.registry.create_model builds qzoo architectures by name; load a '
+                         f'local-dir:/hf-hub: source with qzoo.create_model or qzoo.from_pretrained, which check it')
     return timm.create_model(timm_name(model_name), pretrained=pretrained, **kwargs)
 
 

@@ -21,11 +21,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .bounds import MAX_JSON_BYTES, read_bounded
+from .errors import CheckpointError, CheckpointWriteError
 from .fileio import atomic_write_bytes, sha256_file
 
 __all__ = ['load_weights', 'save_weights', 'read_header', 'check_fits', 'check_sha256', 'valid_sha256',
-           'safetensors_bytes']
+           'safetensors_bytes', 'hub_cache_error']
 
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
 #: safetensors dtype names -> torch dtypes (those a state dict can hold)
@@ -122,7 +123,6 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: Union[str, Path],
     try:
         atomic_write_bytes(path, safetensors_bytes(sd, metadata or {'format': 'pt'}))
     except OSError as e:
-        from .errors import CheckpointWriteError
         raise CheckpointWriteError(e.errno, f'could not write {path} ({e.strerror or e}); any previous file there is '
                                    f'intact. Fix: free disk space or fix the permissions, then save again',
                                    str(path)) from e
@@ -169,11 +169,12 @@ def check_fits(model: nn.Module, found: Mapping[str, Any], file: str, arch: str,
 def read_config(folder: Union[str, Path]) -> Dict[str, Any]:
     """A checkpoint folder's ``config.json`` (timm's format, plus qzoo's block)."""
     cfg = Path(folder) / 'config.json'
-    if not cfg.is_file():
+    if not cfg.exists():
         raise CheckpointError(f'{folder} has no config.json. Fix: point at a folder written by '
                               f'qzoo.hub.save_pretrained (model.safetensors + config.json)')
+    fix = 'restore it, or rewrite the folder with qzoo.hub.save_pretrained'
     try:
-        config = json.loads(cfg.read_text(encoding='utf-8'))
+        config = json.loads(read_bounded(cfg, MAX_JSON_BYTES, 'config file', CheckpointError, fix).decode('utf-8'))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f'{cfg} is not readable JSON ({type(e).__name__}: {e}). Fix: restore it, or '
                               f'rewrite the folder with qzoo.hub.save_pretrained') from None
@@ -209,10 +210,13 @@ def load_folder(folder: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Dict
 def hf_download(repo: str, filename: str, cache_dir=None) -> Path:
     """``hf_hub_download`` of ``repo`` (``org/name[@revision]``); offline it serves the HF cache."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
     repo_id, _, revision = repo.partition('@')
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision or None, cache_dir=cache_dir))
+    except HFValidationError as e:
+        raise CheckpointError(f'hf-hub:{repo} does not name a Hugging Face repository ({str(e).splitlines()[0]}). '
+                              f'Fix: write hf-hub:<org>/<name>[@<revision>]') from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise CheckpointError(
             f'{filename} of hf-hub:{repo} could not be fetched ({type(e).__name__}) and is not in the Hugging Face '
@@ -229,6 +233,16 @@ def load_hf_repo(repo: str, cache_dir=None) -> Tuple[Dict[str, torch.Tensor], Di
     sd, _ = load_weights(file, recorded_sha256(config, f'hf-hub:{repo} config.json'),
                          fix=f'delete {file} from the Hugging Face cache and download it again')
     return sd, config, file
+
+
+def hub_cache_error(path: Path, e: OSError) -> CheckpointWriteError:
+    """The error for a file that cannot be put in torch.hub's cache (``$TORCH_HOME/hub``), naming the folder and
+    where it comes from (TORCH_HOME set to a file, a read-only folder)."""
+    home = os.environ.get('TORCH_HOME')
+    src = f'TORCH_HOME={home}' if home else 'the default ~/.cache/torch (TORCH_HOME is not set)'
+    return CheckpointWriteError(f"cannot put {path.name} in torch.hub's cache {Path(path).parent} "
+                                f"({e.strerror or e}; the cache is $TORCH_HOME/hub, here from {src}). Fix: point "
+                                f'TORCH_HOME at a writable folder (not a file), or unset it')
 
 
 _TORCH_HUB_HASH = re.compile(r'-([0-9a-f]{8,64})$')
@@ -259,7 +273,10 @@ def download_url(url: str, check_hash: bool = False) -> Path:
                                   f'convention (<name>-<hex>.<ext>). Fix: use check_hash=False')
         prefix = m.group(1)
     if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise hub_cache_error(dest, e) from None
         try:
             torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix, progress=False)
         except (URLError, OSError) as e:

@@ -14,7 +14,7 @@ PKG = ROOT / 'qzoo'
 #: each module's layer, lowest first; a module imports only lower layers (or its own package's siblings)
 LAYERS = [
     ('errors',),                               # the documented exceptions
-    ('fileio', 'divergence', 'checkout'),      # file helpers, the divergence rule, the checkout
+    ('fileio', 'divergence', 'checkout', 'bounds'),  # file helpers, the divergence rule, the checkout, bounds on inputs
     ('cards',),                                # card text
     ('neurons',),                              # the neuron math
     ('layers',),                               # quadratic layers on the neurons

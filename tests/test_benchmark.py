@@ -102,6 +102,36 @@ def test_runtime_and_size_errors(tmp_path):
         {'neuron': 'qres', 'width': 12, 'widths': [8, 16, 32]}
 
 
+@pytest.mark.parametrize('argv, message', [
+    (['--batch-size', '-4'], 'argument --batch-size: must be a whole number >= 1, got -4'),   # a torch traceback
+    (['--batch-size', '0'], 'argument --batch-size: must be a whole number >= 1, got 0'),     # rows of 0.0/s
+    (['--threads', '-3'], 'argument --threads: must be a whole number >= 1, got -3'),
+    (['--min-time', 'nan'], 'argument --min-time: must be a finite number of seconds > 0, got nan'),   # hung
+    (['--min-time', '0'], 'argument --min-time: must be a finite number of seconds > 0, got 0'),
+    (['--rounds', '0'], 'argument --rounds: must be a whole number >= 1, got 0'),             # ran "1 rounds"
+    (['--warmup', '-1'], 'argument --warmup: must be a whole number >= 0, got -1'),
+    (['--budget-s', 'inf'], 'argument --budget-s: must be a finite number of seconds > 0, got inf'),
+])
+def test_impossible_numbers_are_usage_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        bench.cli(['--device', 'cpu', '--models', 'qmlp', '--results-file', str(tmp_path / 'x.csv')] + argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f'error: {message}' in err and 'Traceback' not in err
+    assert not (tmp_path / 'x.csv').exists()
+
+
+@pytest.mark.parametrize('device, message', [
+    ('meta', "--device: device 'meta': qzoo trains and evaluates on 'cpu', 'cuda' or 'cuda:<index>'"),
+    ('gpu', "--device: device 'gpu' is not a torch device"),
+] + ([] if torch.cuda.is_available() else [('cuda', "--device: device 'cuda', but this machine has no usable CUDA GPU")]))
+def test_a_device_it_cannot_measure_on_is_an_error_line(tmp_path, capsys, device, message):
+    """--device meta measured nothing (0.03 ms rows); --device cuda without a GPU exited with a bare message."""
+    assert bench.cli(['--device', device, '--models', 'qmlp', '--bench', 'latency', '--results-file',
+                      str(tmp_path / 'x.csv')]) == 2
+    assert capsys.readouterr().err.startswith(f'error: {message}')
+    assert not (tmp_path / 'x.csv').exists()
+
+
 def test_cifar_train_rows_through_the_training_loader(tmp_path):
     out = tmp_path / 'cifar.csv'
     bench.main(TINY + CIFAR_TINY + ['--cifar-train', '--models', 'resnet8', 'qresnet8', '--amp', 'bf16',

@@ -1,8 +1,11 @@
 """qzoo.data trusts nothing it reads: a tampered decode cache is rebuilt, labels must be
 integers in range, signals finite in float32, masks 0/1; bad content is a DataError
 naming the file and key."""
+import io
 import json
+import re
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -189,3 +192,103 @@ def test_dsb_pack_masks_must_be_binary(tmp_path, monkeypatch):
 def test_synthetic_noise_must_be_finite():
     with pytest.raises(ValueError, match='noise must be a finite number >= 0, got inf'):
         load_dataset('synthetic', noise=float('inf'))
+
+
+# ============================================================================ bounded sizes, whole numbers
+@pytest.mark.parametrize('options, message', [
+    (dict(n_train=1.9), "option n_train must be a whole number, got 1.9"),      # was silently 1 sample
+    (dict(n_val=True), "option n_val must be a whole number, got True"),
+    (dict(kind='spheres', dim='ten'), "option dim must be a whole number, got 'ten'"),
+    (dict(noise=[0.1]), 'option noise must be a number or null, got [0.1]'),
+    (dict(kind=3), 'option kind must be a string, got 3'),
+])
+def test_dataset_options_must_have_their_declared_types(options, message):
+    with pytest.raises(ValueError, match=re.escape(f"dataset 'synthetic': {message}")):
+        load_dataset('synthetic', **options)
+
+
+def test_whole_numbers_may_be_written_as_whole_floats_or_numeric_strings():
+    ds = load_dataset('synthetic', n_train=100.0, n_val='1e1', n_test=10)   # YAML reads 1e1 as a string
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (100, 10, 10)
+    assert ds.info['options']['n_val'] == 10 and isinstance(ds.info['options']['n_val'], int)
+
+
+def test_synthetic_sizes_are_bounded_before_anything_is_drawn():
+    with pytest.raises(ValueError, match=r'n_train=1000000000000 samples of dim=2 are 2,000,000,000,000 values, more '
+                                         r'than a synthetic split may hold \(33,554,432\)'):
+        load_dataset('synthetic', n_train=10 ** 12)
+    with pytest.raises(ValueError, match=r'gaussians needs k in \[2, 10,000\] classes, got 1000000000'):
+        load_dataset('synthetic', kind='gaussians', k=10 ** 9)
+
+
+def test_cwru_window_count_is_bounded_before_windowing(tmp_path):
+    """eval_stride=1 cut the test segments into 470,000 overlapping windows (over 3 GB); refused at once, naming
+    the smallest stride that fits."""
+    with pytest.raises(ValueError, match=r'cwru: eval_stride=1 cuts the test segment of normal \(48,788 samples\) into '
+                                         r'46,741 windows of 2048, more than the 10,000 a segment may give .*Fix: '
+                                         r'eval_stride of at least 5'):
+        load_dataset('cwru', root=tmp_path / 'none', splits=('test',), eval_stride=1)
+
+
+def _lying_header(path, key, shape):
+    """Rewrite .npz ``path`` so that array ``key``'s header declares ``shape`` (its bytes stay what they were)."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    with zipfile.ZipFile(path, 'w') as zf:
+        for k, a in arrays.items():
+            buf = io.BytesIO()
+            if k == key:
+                np.lib.format.write_array_header_1_0(buf, {'descr': np.lib.format.dtype_to_descr(a.dtype),
+                                                           'fortran_order': False, 'shape': shape})
+                buf.write(a.tobytes())
+            else:
+                np.lib.format.write_array(buf, a)
+            zf.writestr(f'{k}.npy', buf.getvalue())
+
+
+def test_an_array_header_that_claims_more_than_its_file_holds_is_refused_before_allocating(tmp_path):
+    """numpy allocates what an .npy header declares before it reads: a 10-label array claiming 10**12 labels asked
+    for a terabyte."""
+    p = _jpeg_pack(tmp_path / 'cifar10-jpeg75.npz', n_train=20, n_test=10)
+    _lying_header(p, 'test_labels', (10 ** 12,))
+    with pytest.raises(DataError, match=re.escape(f'{p}, key test_labels: its header declares a uint8 array of shape '
+                                                  f'(1000000000000,) (1,000,000,000,000 bytes), but the file holds')):
+        load_dataset('cifar10-jpeg75', root=tmp_path, splits=('test',))
+
+
+def test_npz_members_are_read_only_within_the_size_limit(tmp_path, monkeypatch):
+    """A compressed file can claim gigabytes in kilobytes (zeros compress 1000:1): the uncompressed sizes of the
+    arrays asked for are added up from the zip directory before anything is decompressed."""
+    p = tmp_path / 'zeros.npz'
+    np.savez_compressed(p, a=np.zeros(2_000_000, np.uint8))
+    assert p.stat().st_size < 10_000
+    with pytest.raises(DataError, match=r"zeros.npz: the arrays \['a'\] hold 2,000,128 bytes uncompressed, more than qzoo "
+                                        r'reads from one file \(1,000,000 bytes\)'):
+        _common.load_npz(p, ['a'], limit=1_000_000)
+    monkeypatch.setattr(_common, 'MAX_NPZ_BYTES', 1_000_000)    # the default limit, through a loader
+    big = _jpeg_pack(tmp_path / 'cifar10-jpeg75.npz', n_train=20, n_test=10)
+    with np.load(big) as z:
+        arrays = dict(z, test_scans=np.zeros(2_000_000, np.uint8))
+    np.savez_compressed(big, **arrays)
+    with pytest.raises(DataError, match='hold .* bytes uncompressed, more than qzoo reads from one file'):
+        load_dataset('cifar10-jpeg75', root=tmp_path, splits=('test',), cache=False)
+
+
+def test_a_recording_larger_than_any_cwru_file_is_refused_from_its_header(tmp_path, monkeypatch):
+    """The .mat headers are read first (scipy.io.whosmat): a file declaring more values than a recording holds is
+    refused before anything is decompressed, and only the drive-end channel is read."""
+    _cwru_folder(tmp_path)
+    monkeypatch.setattr(cwru, 'MAX_SAMPLES', 50_000)      # the fixture's normal recording has 60,000
+    with pytest.raises(DataError, match=r'normal_0_97.mat: X097_DE_time declares \(60000, 1\) values, more than a '
+                                        r'CWRU recording holds \(50,000 at most\)'):
+        load_dataset('cwru', root=tmp_path, snr_db=None)
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+    from qzoo.data import segmentation
+    Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(tmp_path / 'x.png')
+    monkeypatch.setattr(segmentation, 'MAX_PIXELS', 10_000)
+    with pytest.raises(DataError, match=r'x.png declares 120 x 100 pixels, more than a dataset image may have '
+                                        r'\(10,000\)'):
+        segmentation._open(tmp_path / 'x.png')

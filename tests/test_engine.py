@@ -2,6 +2,7 @@
 import json
 import re
 import socket
+import sys
 
 import pytest
 import timm
@@ -13,6 +14,8 @@ from conftest import ROOT
 from inject import Stop, nan_at_step, stop_after_epoch
 from qzoo.engine import RecipeError, RunDirError, TrainingDiverged, load_recipe, main, train
 from qzoo.hub import load_weights
+
+sys.path.insert(0, str(ROOT / 'recipes'))
 
 SYN = dict(model='qmlp', model_args={'hidden': [16]}, data='synthetic',
            data_args={'kind': 'circles', 'n_train': 256, 'n_val': 64, 'n_test': 64},
@@ -235,3 +238,105 @@ def test_ddp_gloo_two_processes_equals_single_process(tmp_path):
     a, b = _weights(tmp_path / 'single'), _weights(tmp_path / 'ddp')
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+# ---- refused before training: empty splits, oversized models, environments and devices --------------------
+@pytest.mark.parametrize('split', ['val', 'test'])
+def test_an_empty_split_is_refused_before_training(tmp_path, split):
+    """n_val=0 trained and reported 0.0 (best_val picked epoch 0, publishing then ended in StopIteration)."""
+    from qzoo.errors import DataError
+    args = dict(SYN['data_args'], **{f'n_{split}': 0})
+    with pytest.raises(DataError, match=rf'synthetic-circles-d2: the {split} split holds no samples .*; a run trains '
+                                        rf'on train, selects its published epoch on val and scores it once on test\. '
+                                        rf'Fix: set data_args.n_{split} to 1 or more'):
+        train(_cfg(data_args=args), tmp_path, progress=False)
+    assert not (tmp_path / 'results.json').exists() and not (tmp_path / 'log.jsonl').exists()
+
+
+def test_a_model_too_large_to_build_is_refused_before_anything_is_allocated(tmp_path):
+    """hidden=[10**12] from a recipe asked torch for 16 TB; its size is counted on the meta device first."""
+    with pytest.raises(ValueError, match=r'qmlp with .*would hold [\d,]+ parameters and buffers \([\d,.]+ GB as '
+                                         r'float32\), more than qzoo builds \(1,000,000,000\); nothing was allocated'):
+        train(_cfg(model_args={'hidden': [10 ** 12]}), tmp_path, progress=False)
+
+
+def test_distributed_environment_without_rank_is_named(tmp_path, monkeypatch, capsys):
+    import train as train_cli
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.delenv('RANK', raising=False)
+    recipe = tmp_path / 'r.yaml'
+    recipe.write_text(yaml.safe_dump(SYN))
+    rc = train_cli.main(['--config', str(recipe), '--out', str(tmp_path / 'run'), '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith('error: WORLD_SIZE=2 asks for a distributed run, but RANK is not set') \
+        and 'torchrun' in err and 'Traceback' not in err, err
+    monkeypatch.setenv('RANK', '5')
+    rc = train_cli.main(['--config', str(recipe), '--out', str(tmp_path / 'run'), '--no-progress'])
+    assert rc == 2 and 'RANK must be a whole number in [0, 1], got ' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal on a machine without CUDA')
+def test_a_cuda_recipe_without_a_gpu_is_named(tmp_path):
+    with pytest.raises(RecipeError, match=r"recipe key device: device 'cuda', but this machine has no usable CUDA GPU"):
+        train(_cfg(device='cuda'), tmp_path, progress=False)
+    assert not (tmp_path / 'log.jsonl').exists()
+
+
+@pytest.mark.parametrize('tamper, problem', [
+    (dict(best=float('nan')), "best validation score nan, not a number"),
+    (dict(best_epoch=7), 'best_epoch 7, not an epoch in [0, 0]'),
+    (dict(best=None), 'best None and best_epoch 0: both or neither are set'),
+    (dict(wall_time_s=float('inf')), 'wall_time_s inf, not a finite number of seconds >= 0'),
+])
+def test_a_checkpoint_with_impossible_progress_is_refused_on_resume(tmp_path, monkeypatch, tamper, problem):
+    """A last.ckpt with best=NaN resumed and finished; its progress values are checked like its structure."""
+    from qzoo.errors import CheckpointError
+    with monkeypatch.context() as m:
+        stop_after_epoch(m, 0)
+        with pytest.raises(Stop):
+            train(_cfg(), tmp_path, progress=False)
+    ckpt = tmp_path / 'last.ckpt'
+    torch.save(dict(torch.load(ckpt, weights_only=True), **tamper), ckpt)
+    with pytest.raises(CheckpointError, match=re.escape(f'{ckpt} holds an invalid state ({problem})')):
+        train(_cfg(), tmp_path, resume=True, progress=False)
+    assert not (tmp_path / 'results.json').exists()
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('finished')
+    train(_cfg(epochs=1), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize('content, problem', [
+    ('[1, 2]', 'holds a JSON list, not the object of fields train writes'),
+    ('{"model": "qmlp"', 'is not JSON'),
+    (None, 'seed is missing'),
+    ('drop data_spec', 'data_spec is missing'),
+    ('drop primary', 'test has no finite top1 (the primary metric): None'),
+    ('NaN test', 'test has no finite top1 (the primary metric): nan'),
+    ('seed text', "seed is a str, not a int"),
+])
+def test_read_results_checks_what_publishing_reads(tmp_path, finished_run, content, problem):
+    from qzoo.engine import read_results
+    from qzoo.errors import RunDirError
+    path = tmp_path / 'results.json'
+    path.write_text((finished_run / 'results.json').read_text())
+    good = json.loads(path.read_text())
+    assert read_results(path) == good
+    changed = dict(good)
+    if content is None:
+        del changed['seed']
+    elif content == 'drop data_spec':
+        del changed['data_spec']
+    elif content == 'drop primary':
+        changed['test'] = {k: v for k, v in good['test'].items() if k != 'top1'}
+    elif content == 'NaN test':
+        changed['test'] = dict(good['test'], top1=float('nan'))
+    elif content == 'seed text':
+        changed['seed'] = 'zero'
+    path.write_text(content if content and content[0] in '[{' else json.dumps(changed))
+    with pytest.raises(RunDirError, match=re.escape(problem)) as e:
+        read_results(path)
+    assert str(path) in str(e.value) and 'Fix:' in str(e.value)

@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -237,3 +238,131 @@ def test_every_validate_help_example_names_published_weights_and_valid_options()
                 continue
             name, args, _ = data_settings(spec, a.data, over)
             assert set(args) <= set(options(name)), (ex, args)
+
+
+# ---- the cache trusts nothing it reads ----------------------------------------------------------------
+CIRCLES = 'mlp_h8.synthetic-circles-d2-s0'
+
+
+def _entry(cache):
+    return next(cache.root.rglob('*.npz'))
+
+
+def test_a_truncated_cache_entry_is_a_miss_not_a_crash(tmp_path, capsys):
+    """One truncated entry (BadZipFile) ended the whole `qzoo eval`, though an unreadable entry is a miss."""
+    cache = EvalCache(tmp_path / 'eval')
+    first = evaluate_spec(CIRCLES, cache=cache)
+    p = _entry(cache)
+    p.write_bytes(p.read_bytes()[:p.stat().st_size // 2])
+    again = evaluate_spec(CIRCLES, cache=cache)
+    assert not again.cached and cache.damaged == 1 and again.row == first.row
+    assert f'evaluation cache: {p} is unreadable (BadZipFile' in capsys.readouterr().err
+    assert evaluate_spec(CIRCLES, cache=cache).cached                  # rewritten
+
+
+def _tamper(p, how):
+    """Edit cache entry ``p`` as someone (or a bad disk) might: ``perfect`` makes every prediction right and the
+    metrics 100 (probe kept); ``+digest`` also records a matching digest, so only the content checks remain."""
+    from qzoo.evaluation import _entry_digest
+    with np.load(p) as z:
+        a = {k: z[k] for k in z.files}
+    meta = json.loads(str(a['__meta__']))
+    if how.startswith('perfect'):
+        a['pred'], a['correct'] = a['label'].copy(), np.ones_like(a['correct'])
+        meta['metrics'].update(top1=100.0, macro_f1=100.0)
+    elif how == 'labels+digest':        # labels that are not the split's, consistent among themselves
+        a['label'] = a['pred'].copy()
+        a['correct'] = np.ones_like(a['correct'])
+        meta['metrics'].update(top1=100.0, macro_f1=100.0)
+    elif how == 'metric+digest':        # the stored metric disagrees with the stored per-example scores
+        meta['metrics']['top1'] = 100.0
+    a['__meta__'] = np.array(json.dumps(meta, sort_keys=True))
+    if how.endswith('+digest'):
+        arrays = {k: v for k, v in a.items() if not k.startswith('__')}
+        a['__sha256__'] = np.array(_entry_digest(str(a['__meta__']), arrays, a['__probe__']))
+    np.savez(p, **a)
+
+
+@pytest.mark.parametrize('how, why', [
+    ('perfect', 'does not match the SHA-256 recorded when it was written'),
+    ('labels+digest', "its labels are not the split's"),
+    ('metric+digest', 'its scores are inconsistent (RuntimeError: per-example top1'),
+])
+def test_an_edited_cache_entry_is_not_trusted(tmp_path, capsys, how, why):
+    """An entry whose arrays were edited (the probe kept) reported 100.0 for 98.9: every hit is checked against the
+    digest recorded with it, the split's labels and the metrics recomputed from its per-example scores."""
+    cache = EvalCache(tmp_path / 'eval')
+    first = evaluate_spec(CIRCLES, cache=cache)
+    assert first.row['top1'] == pytest.approx(all_weights()[CIRCLES].test['top1'])
+    _tamper(_entry(cache), how)
+    again = evaluate_spec(CIRCLES, cache=cache)
+    assert not again.cached and again.row['top1'] == first.row['top1'] and cache.damaged == 1
+    assert why in capsys.readouterr().err
+    assert evaluate_spec(CIRCLES, cache=cache).cached
+
+
+def test_an_empty_split_is_refused_when_scored():
+    """n_test=0 scored nothing and ended in StopIteration."""
+    from qzoo.errors import DataError
+    with pytest.raises(DataError, match=rf'synthetic-circles-d2: the test split holds no samples .*; {CIRCLES} is '
+                                        r'scored on it\. Fix: set data_args.n_test to 1 or more'):
+        evaluate_spec(CIRCLES, data_args={'n_test': 0})
+
+
+# ---- which weights were scored ----------------------------------------------------------------------
+def test_a_published_name_that_is_also_a_local_folder_warns_and_the_csv_says_which(tmp_path, monkeypatch):
+    import warnings
+    import qzoo
+    from qzoo.evaluation import main
+    from qzoo.hub import save_pretrained
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('QZOO_CACHE', str(tmp_path / 'cache'))
+    save_pretrained(qzoo.create_model('mlp_h8'), tmp_path / CIRCLES)      # untrained, under the published name
+    with pytest.warns(UserWarning, match=rf"'{CIRCLES}' names published weights and also the local folder "
+                                         rf'{tmp_path / CIRCLES}: the published weights are loaded \(source '
+                                         rf'published:{CIRCLES}\)\. Fix: to load the local folder, write '
+                                         rf'local-dir:{CIRCLES}'):
+        assert main(['--weights', CIRCLES, f'local-dir:{CIRCLES}', '--data', 'synthetic', '--data-arg',
+                     'kind=circles', '--results-file', 'v.csv']) == 0
+    with open(tmp_path / 'v.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['source'] for r in rows] == [f'published:{CIRCLES}', str(tmp_path / CIRCLES)]
+    assert float(rows[0]['top1']) == pytest.approx(all_weights()[CIRCLES].test['top1'])
+    assert rows[0]['sha256'] == all_weights()[CIRCLES].sha256 != rows[1]['sha256']
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                                    # an unambiguous name: no warning
+        assert evaluate_spec(f'./{CIRCLES}', 'synthetic', {'kind': 'circles'}).row['source'] == str(tmp_path / CIRCLES)
+
+
+def test_validate_refuses_a_device_it_cannot_compute_on(capsys):
+    from qzoo.evaluation import main
+    with pytest.raises(SystemExit) as e:
+        main(['--weights', CIRCLES, '--device', 'meta'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: --device: device 'meta'" in err and 'holds no data' in err
+    from qzoo import efficiency
+    with pytest.raises(SystemExit) as e:                       # qzoo eval: the same check
+        efficiency.main(['--device', 'meta', '--dataset', 'synthetic-circles-d2'])
+    assert e.value.code == 2 and "error: --device: device 'meta'" in capsys.readouterr().err
+
+
+def test_torch_home_pointing_at_a_file_is_an_error_line(tmp_path, monkeypatch, capsys):
+    """TORCH_HOME set to a file ended `qzoo eval` in a NotADirectoryError traceback (copying an external
+    checkpoint from a mirror into torch.hub's cache)."""
+    from qzoo import efficiency, external
+    from qzoo.errors import CheckpointWriteError
+    from qzoo.evaluation import external_available
+    mirror = tmp_path / 'mirror' / 'akamaster'
+    mirror.mkdir(parents=True)
+    (mirror / external.EXTERNAL['akamaster/resnet20'].file_name).write_bytes(b'stand-in')
+    (tmp_path / 'torch-home').write_text('a file')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch-home'))
+    with pytest.raises(CheckpointWriteError, match=rf"cannot put resnet20-12fca82f.th in torch.hub's cache "
+                                                   rf".*TORCH_HOME={re.escape(str(tmp_path / 'torch-home'))}\)\. "
+                                                   r'Fix: point TORCH_HOME at a writable folder'):
+        external_available('akamaster/resnet20', [tmp_path / 'mirror'])
+    rc = efficiency.main(['--dataset', 'cifar10-jpeg75', '--mirror', str(tmp_path / 'mirror'), '--out',
+                          str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: cannot put resnet20-12fca82f.th in torch.hub's cache" in err and 'Traceback' not in err
+    assert not (tmp_path / 'out').exists()

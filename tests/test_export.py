@@ -168,6 +168,17 @@ def test_export_onnx_errors(tmp_path, monkeypatch):
     assert not (tmp_path / 'm.onnx').exists()
 
 
+def test_export_below_a_file_is_an_error_line(tmp_path, capsys):
+    """Exporting to a path below a file ended in a NotADirectoryError traceback from mkdir."""
+    from qzoo.export import main
+    (tmp_path / 'file').write_text('mine')
+    assert main(['qmlp', str(tmp_path / 'file' / 'sub' / 'm.onnx')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: cannot write {tmp_path / "file" / "sub" / "m.onnx"}: '
+                          f'{tmp_path / "file"} is a file, not a folder. Fix: ') and 'Traceback' not in err
+    assert (tmp_path / 'file').read_text() == 'mine'
+
+
 def test_qzoo_imports_without_the_optional_packages():
     code = ("import sys\nfor m in ('onnx', 'onnxruntime', 'onnxscript'): sys.modules[m] = None\n"
             "import qzoo, qzoo.export\nm = qzoo.create_model('qmlp')\n"

@@ -1,5 +1,6 @@
 """Weights I/O through the real huggingface_hub / torch.hub / timm code paths with local caches."""
 import json
+import re
 import shutil
 
 import huggingface_hub
@@ -211,3 +212,63 @@ def test_unresolvable_spec():
 def test_pretrained_without_weights_is_clear():
     with pytest.raises(CheckpointError, match='no published weights for .qresnet110.'):
         qzoo.create_model('qresnet110', pretrained=True)
+
+
+# ---- one loader for every source -----------------------------------------------------------------------
+@pytest.fixture
+def timm_pickle_folder(tmp_path):
+    """A local-dir folder as timm writes one for its own models: config.json naming timm's resnet10t and a pickled
+    pytorch_model.bin (what qzoo's loader never builds or unpickles)."""
+    folder = tmp_path / 'timm-folder'
+    folder.mkdir()
+    (folder / 'config.json').write_text(json.dumps({'architecture': 'resnet10t', 'num_classes': 10}))
+    torch.save(timm.create_model('resnet10t', num_classes=10).state_dict(), folder / 'pytorch_model.bin')
+    return folder
+
+
+@pytest.mark.parametrize('pretrained', [True, False])
+def test_create_model_loads_local_dir_through_the_checked_loader(timm_pickle_folder, pretrained):
+    """qzoo.create_model('local-dir:...') went to timm, which built timm's resnet10t and unpickled its .bin."""
+    with pytest.raises(CheckpointError, match=r"names architecture 'resnet10t', which is not a qzoo model"):
+        qzoo.create_model(f'local-dir:{timm_pickle_folder}', pretrained=pretrained)
+
+
+def test_create_model_local_dir_and_hf_hub_load_qzoo_folders_with_their_checks(saved, hf_offline):
+    model, folder = saved
+    assert _same(model, qzoo.create_model(f'local-dir:{folder}', pretrained=True))
+    fresh = qzoo.create_model(f'local-dir:{folder}')          # the architecture, fresh weights
+    assert type(fresh) is type(model) and fresh.num_classes == 7 and not _same(model, fresh)
+    _seed_hf_cache(hf_offline, 'someone/qresnet8-test', folder)
+    assert _same(model, qzoo.create_model('hf-hub:someone/qresnet8-test', pretrained=True))
+    cfg = json.loads((folder / 'config.json').read_text())
+    cfg['qzoo']['sha256'] = 'f' * 64                          # the recorded hash is checked on this path too
+    (folder / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match='checksum mismatch'):
+        qzoo.create_model(f'local-dir:{folder}', pretrained=True)
+    with pytest.raises(ValueError, match="qzoo.registry.create_model builds qzoo architectures by name"):
+        qzoo.registry.create_model(f'local-dir:{folder}')
+
+
+def test_export_of_a_local_dir_uses_the_checked_loader(timm_pickle_folder, tmp_path, capsys):
+    from qzoo import export
+    out = tmp_path / 'x.onnx'
+    assert export.main([f'local-dir:{timm_pickle_folder}', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "names architecture 'resnet10t', which is not a qzoo model" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('spec', ['hf-hub:../../etc', 'hf-hub:a/b/c', 'hf-hub:'])
+def test_a_malformed_hf_hub_name_is_a_checkpoint_error(spec, hf_offline):
+    """hf-hub:../../etc raised huggingface_hub's HFValidationError, an undocumented type."""
+    with pytest.raises(CheckpointError, match=rf'{re.escape(spec)} does not name a Hugging Face repository .*Fix: '
+                                              r'write hf-hub:<org>/<name>\[@<revision>\]'):
+        hub.from_pretrained(spec)
+
+
+def test_a_config_json_that_is_not_a_small_regular_file_is_refused(saved):
+    _, folder = saved
+    (folder / 'config.json').unlink()
+    (folder / 'config.json').symlink_to('/dev/zero')
+    with pytest.raises(CheckpointError, match=r'config file .*config.json is a character device, not a regular file'):
+        hub.from_pretrained(folder)

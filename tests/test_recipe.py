@@ -1,6 +1,10 @@
 """qzoo.recipe: every key typed and ranged, YAML with base inheritance, dotted overrides, and the
 resolved text that runs record (byte-equal for every published checkpoint)."""
+import contextlib
 import json
+import os
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -47,7 +51,7 @@ def test_every_recipe_file_loads():
     ('quad_lr_scale=-0.1', 'quad_lr_scale'), ('quad_weight_decay=-1', 'quad_weight_decay'), ('device=gpu0', 'device'),
     ('smoke.epochs=0', 'smoke.epochs'), ('smoke.train=0', 'smoke.train'), ('model_args=[1]', 'model_args'),
     ('name=""', 'name'), ('name=../../elsewhere', 'name'), ('name=a b', 'name'), ('seed=18446744073709551616', 'seed'),
-    ('epochs=1e400', 'epochs'),
+    ('epochs=1e400', 'epochs'), ('device=meta', 'device'),
 ])
 def test_impossible_values_are_refused_naming_key_and_source(override, key):
     with pytest.raises(RecipeError) as e:
@@ -167,6 +171,7 @@ def test_recipe_dataclass_checks_itself_and_round_trips():
         r.replace(epochs=0)
     s = r.for_smoke()
     assert (s.epochs, s.batch_size, s.eval_batch_size, s.device, s.amp, s.compile) == (1, 16, 64, 'cpu', 'off', False)
+    assert (r.warmup_epochs, s.warmup_epochs) == (2, 1)  # a smoke run's warm-up is no longer than the run
     assert s.sha256() != r.sha256() and r.epochs == 50  # frozen: r unchanged
     with pytest.raises(Exception):
         r.epochs = 3
@@ -177,3 +182,77 @@ def test_help_lists_every_key_with_its_range():
     for key in Recipe.specs():
         assert f'\n  {key} ' in '\n' + text, key
     assert "one of 'auto', 'bf16', 'off'" in text and 'a number in [0, 1)' in text
+
+
+# ---- bounded inputs: files, bases, YAML, values that make training meaningless ----------------------
+@contextlib.contextmanager
+def _within(seconds):
+    """Fail (TimeoutError) instead of hanging when the block takes longer than ``seconds``."""
+    def fire(*_):
+        raise TimeoutError(f'still running after {seconds} s')
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize('base', ['/dev/zero', 'fifo', 'folder', 'big.yaml'])
+def test_a_base_that_is_not_a_small_regular_file_is_refused_at_once(tmp_path, base):
+    """`base: /dev/zero` read 2.2 GB before failing and a FIFO blocked for ever: bases are regular files of at
+    most 1 MiB, checked before they are opened."""
+    os.mkfifo(tmp_path / 'fifo')
+    (tmp_path / 'folder').mkdir()
+    (tmp_path / 'big.yaml').write_text('# padding\n' * 120_000)
+    (tmp_path / 'r.yaml').write_text(f'base: {base}\nmodel: qmlp\ndata: synthetic\n')
+    want = {'/dev/zero': 'is a character device, not a regular file', 'fifo': 'is a FIFO (named pipe), not a regular '
+            'file', 'folder': 'is a folder, not a regular file', 'big.yaml': 'holds 1.1 MiB, more than a recipe may '
+            '(1.0 MiB)'}[base]
+    with _within(20), pytest.raises(RecipeError, match=re.escape(want)) as e:
+        load_recipe(tmp_path / 'r.yaml')
+    assert str(Path(base) if base.startswith('/') else tmp_path / base) in str(e.value)
+
+
+def test_a_base_chain_is_bounded(tmp_path):
+    for i in range(20):
+        (tmp_path / f'{i}.yaml').write_text(f'base: {i + 1}.yaml\n')
+    (tmp_path / '20.yaml').write_text('model: qmlp\ndata: synthetic\n')
+    with pytest.raises(RecipeError, match='its base: chain is longer than 16 files'):
+        load_recipe(tmp_path / '0.yaml')
+    assert load_recipe(tmp_path / '10.yaml').model == 'qmlp'  # ten bases are fine
+
+
+_BOMB = ('a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n'
+         'c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n'
+         'e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n'
+         'g: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n')  # 10**7 values in 7 lines
+
+
+def test_yaml_alias_bombs_are_refused_before_anything_walks_them(tmp_path):
+    """A few lines of nested aliases expand to 10**7 values: json.dumps, the recipe's sha256 or a deep copy of them
+    take minutes and gigabytes. Refused when read, from a file or an override."""
+    f = tmp_path / 'r.yaml'
+    f.write_text('model: qmlp\ndata: synthetic\nmodel_args:\n  ' + _BOMB.replace('\n', '\n  '))
+    with _within(20), pytest.raises(RecipeError, match=rf'recipe {re.escape(str(f))}: the YAML expands to more than '
+                                                       r'100,000 values once its aliases'):
+        load_recipe(f)
+    flow = '{' + _BOMB.strip().replace('\n', ', ') + '}'
+    with _within(20), pytest.raises(RecipeError, match='override .*the YAML expands to more than 100,000 values'):
+        load_recipe(None, [f'model_args.x={flow}'], **SYN)
+    with pytest.raises(RecipeError, match='a YAML alias refers to a value that contains it'):
+        load_recipe(None, ['model_args.x=&a [1, *a]'], **SYN)
+    ok = load_recipe(None, ['model_args.x={a: &a [1, 2], b: *a}'], **SYN)   # a plain alias is fine
+    assert ok.model_args['x'] == {'a': [1, 2], 'b': [1, 2]}
+
+
+@pytest.mark.parametrize('overrides, match', [
+    (['warmup_epochs=1e300'], r'warmup_epochs 1e\+300 is longer than the run \(epochs 10, from the defaults\)'),
+    (['epochs=3', 'warmup_epochs=3.5'], r'warmup_epochs 3.5 is longer than the run \(epochs 3, from override '
+                                        r"'epochs=3'\).*Fix: warmup_epochs of at most 3"),
+])
+def test_a_warm_up_longer_than_the_run_is_refused(overrides, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(None, overrides, **SYN)
+    assert load_recipe(None, ['epochs=3', 'warmup_epochs=3'], **SYN).warmup_epochs == 3

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from typing import Callable, Dict, List, Sequence
 
+from ..bounds import as_number, whole_number
 from ._common import SPLITS, Split
 from .loader import AUGMENTATIONS, BatchLoader
 from .splits import DataSplits
@@ -76,4 +78,36 @@ def load_dataset(name: str, root=None, splits: Sequence[str] = SPLITS, **options
     if unknown:
         raise ValueError(f'unknown option(s) {unknown} for dataset {name!r}; valid: '
                          + ', '.join(f'{k}={v!r}' for k, v in valid.items()))
-    return fn(root=root, splits=splits, **options_)
+    return fn(root=root, splits=splits, **_checked_options(name, fn, options_))
+
+
+def _checked_options(name: str, fn, given: Dict[str, object]) -> Dict[str, object]:
+    """``given`` with each value checked against the type its loader declares: a whole number where it takes an
+    ``int`` (``n_train=1.9`` is an error, never 1 sample; ``1000.0`` and ``'1e3'`` are 1000), a number where it
+    takes a ``float`` (numeric strings converted), a boolean where a ``bool``, a string where a ``str``; ValueError
+    naming the option otherwise. (Each loader checks its own ranges.)"""
+    hints = typing.get_type_hints(fn)
+    out = dict(given)
+    for k, v in given.items():
+        hint = hints.get(k)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = type(None) in typing.get_args(hint)
+        kind = args[0] if optional and len(args) == 1 else hint
+        what = f'dataset {name!r}: option {k}'
+        if v is None and optional:
+            continue
+        if kind is int:
+            out[k] = whole_number(v, what)
+        elif kind is float:  # the loader checks the range (finite, >= 0, ...)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) and as_number(v) is None:
+                raise ValueError(f'{what} must be a number{" or null" if optional else ""}, got {v!r}')
+            out[k] = v if isinstance(v, (int, float)) else as_number(v)
+        elif kind is bool and not isinstance(v, bool):
+            raise ValueError(f'{what} must be true or false, got {v!r}')
+        elif kind is str and not isinstance(v, str):
+            raise ValueError(f'{what} must be a string, got {v!r}')
+        elif typing.get_origin(kind) is tuple and all(a is int for a in typing.get_args(kind)):
+            if not isinstance(v, (list, tuple)) or len(v) != len(typing.get_args(kind)):
+                raise ValueError(f'{what} must be {len(typing.get_args(kind))} whole numbers, got {v!r}')
+            out[k] = tuple(whole_number(x, what) for x in v)
+    return out

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..checkout import PACKAGE_PARENT
@@ -151,28 +151,58 @@ def group_split(groups: Sequence[str], fractions: Sequence[float], seed: int) ->
 
 
 # ----------------------------------------------------------------------------- files
-def load_npz(path: Path, keys: Sequence[str], what: str = '') -> Dict[str, np.ndarray]:
-    """Read ``keys`` from an .npz; a truncated / corrupt file or a missing key is a
-    :class:`DataError` naming the file."""
+#: the most bytes :func:`load_npz` reads from one .npz (the arrays asked for, uncompressed): 1 GiB; the zoo's
+#: largest, the decoded CIFAR-10 training images, is 154 MB
+MAX_NPZ_BYTES = 1 << 30
+_CORRUPT = 'it may be truncated or corrupt: copy it again from its source'
+
+
+def load_npz(path: Path, keys: Optional[Sequence[str]], what: str = '',
+             limit: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Read ``keys`` (None: every array) from an .npz. Before anything is decompressed, the arrays' sizes (the
+    zip members' uncompressed sizes, and the shape and dtype each array's header declares) are checked to fit
+    ``limit`` bytes in all (default :data:`MAX_NPZ_BYTES`): a compressed file can claim gigabytes in a few
+    kilobytes. A truncated / corrupt / oversized file or a missing key is a :class:`DataError` naming the file."""
     path = Path(path)
+    limit = MAX_NPZ_BYTES if limit is None else limit
     try:
         with np.load(path, allow_pickle=False) as z:
             have = set(z.files)
+            keys = sorted(have) if keys is None else list(keys)
             lost = [k for k in keys if k not in have]
             if lost:
                 raise DataError(f'{path} lacks key(s) {lost} (it has {sorted(have)}); expected {what or "keys " + str(list(keys))}. '
                                  f'The file is not the expected one: copy it again from its source.')
+            _check_sizes(path, z.zip, keys, limit)
             return {k: z[k] for k in keys}
     except FileNotFoundError:
         raise
     except DataError:
         raise
-    except ValueError as e:
-        raise DataError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated or '
-                         f'corrupt: copy it again from its source') from e
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
-        raise DataError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); it may be truncated or '
-                         f'corrupt: copy it again from its source') from e
+    except AttributeError as e:  # np.load returned an array: a .npy file, not an .npz
+        raise DataError(f'{path} is not an .npz archive ({e}); {_CORRUPT}') from e
+    except (ValueError, zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        raise DataError(f'{path} is not a readable .npz ({type(e).__name__}: {e}); {_CORRUPT}') from e
+
+
+def _check_sizes(path: Path, zf: zipfile.ZipFile, keys: Sequence[str], limit: int) -> None:
+    """DataError unless the members of ``keys`` hold at most ``limit`` bytes uncompressed in all and each array
+    header's shape x itemsize fits its member (read from the headers only)."""
+    names = set(zf.namelist())
+    infos = {k: zf.getinfo(f'{k}.npy' if f'{k}.npy' in names else k) for k in keys}
+    total = sum(i.file_size for i in infos.values())
+    if total > limit:
+        raise DataError(f'{path}: the arrays {list(keys)} hold {total:,} bytes uncompressed, more than qzoo reads '
+                        f'from one file ({limit:,} bytes); it is not the expected file: copy it again from its source')
+    for k, info in infos.items():
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            need = math.prod(shape) * dtype.itemsize
+            if need > info.file_size:
+                raise DataError(f'{path}, key {k}: its header declares a {dtype} array of shape {shape} '
+                                f'({need:,} bytes), but the file holds {info.file_size:,} bytes for it; {_CORRUPT}')
 
 
 def save_npz_atomic(path: Path, compressed: bool = False, **arrays) -> None:

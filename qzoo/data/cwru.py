@@ -53,6 +53,10 @@ TEST_PACK = 'cwru-0hp-test.npz'
 WINDOW = 2048
 FRACTIONS = (0.6, 0.2, 0.2)
 SPLIT_CODE = {'train': 0, 'val': 1, 'test': 2}
+#: the most values a recording may declare (the longest of the ten CWRU files, normal_0_97.mat, has 243,938)
+MAX_SAMPLES = 10_000_000
+#: the most windows one class's segment of a split is cut into (164 MB of float64 while noise is added)
+MAX_WINDOWS = 10_000
 NORMALIZE = ('none', 'window')
 SOURCE = ('The files come from the Case Western Reserve University Bearing Data Center (12k drive end, '
           '0 HP: normal_0_97.mat and the nine 12k_Drive_End_*_0_*.mat fault files); the shared qzoo data '
@@ -94,19 +98,27 @@ def read_de(path: Path, rid: int) -> np.ndarray:
     """The drive-end signal ``X<id>_DE_time`` of a CWRU .mat file as float32 (L,), checked to be
     real, finite in float32 and at least 5 windows long."""
     import scipy.io
-    try:
-        mat = scipy.io.loadmat(str(path))
+    if not path.is_file():
+        raise DataError(f'{path} is not a regular file (a FIFO or device can block or never end); copy the .mat file '
+                        f'again')
+    try:  # the variables' names and shapes, from their headers: nothing large is read or decompressed yet
+        shapes = {name: shape for name, shape, _ in scipy.io.whosmat(str(path))}
     except Exception as e:  # scipy raises several types for truncated / non-MAT files
         raise DataError(f'{path} is not a readable MATLAB file ({type(e).__name__}: {e}); copy it again') from e
     key = f'X{rid:03d}_DE_time'
-    if key not in mat:
-        cands = [k for k in mat if k.endswith('_DE_time')]
+    if key not in shapes:
+        cands = [k for k in shapes if k.endswith('_DE_time')]
         if len(cands) != 1:
-            keys = sorted(k for k in mat if not k.startswith('__'))
-            raise DataError(f'{path} has no drive-end channel {key!r} (keys: {keys}); expected a CWRU file with '
-                            f'X<id>_DE_time for the id in its name')
+            raise DataError(f'{path} has no drive-end channel {key!r} (keys: {sorted(shapes)}); expected a CWRU file '
+                            f'with X<id>_DE_time for the id in its name')
         key = cands[0]
-    arr = np.asarray(mat[key])
+    if math.prod(shapes[key]) > MAX_SAMPLES:
+        raise DataError(f'{path}: {key} declares {shapes[key]} values, more than a CWRU recording holds '
+                        f'({MAX_SAMPLES:,} at most); it is not the expected file: copy it again')
+    try:
+        arr = np.asarray(scipy.io.loadmat(str(path), variable_names=[key])[key])
+    except Exception as e:
+        raise DataError(f'{path} is not a readable MATLAB file ({type(e).__name__}: {e}); copy it again') from e
     if arr.dtype.kind not in 'iuf':
         raise DataError(f'{path}: {key} holds {arr.dtype} values, expected a real-valued recording; copy it again')
     with np.errstate(over='ignore', invalid='ignore'):   # checked just below
@@ -134,8 +146,15 @@ def window_starts(seg_len: int, stride: int, window: int = WINDOW) -> np.ndarray
 
 def make_windows(seg: np.ndarray, stride: int, snr_db: Optional[float], noise_seed: int, split: str, cls: int,
                  normalize: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(windows float32 (n, 2048), starts within the segment) of one class's segment."""
+    """(windows float32 (n, 2048), starts within the segment) of one class's segment; at most
+    :data:`MAX_WINDOWS` (ValueError naming the stride option before anything is allocated)."""
     starts = window_starts(len(seg), stride)
+    if len(starts) > MAX_WINDOWS:
+        option = 'train_stride' if split == 'train' else 'eval_stride'
+        least = math.ceil((len(seg) - WINDOW + 1) / MAX_WINDOWS)
+        raise ValueError(f'cwru: {option}={stride} cuts the {split} segment of {CLASSES[cls]} ({len(seg):,} samples) '
+                         f'into {len(starts):,} windows of {WINDOW}, more than the {MAX_WINDOWS:,} a segment may give '
+                         f'({len(starts) * WINDOW * 4 / 2 ** 30:.1f} GiB as float32). Fix: {option} of at least {least}')
     idx = starts[:, None] + np.arange(WINDOW)
     w = seg[idx].astype(np.float64) if len(starts) else np.zeros((0, WINDOW))
     if snr_db is not None:

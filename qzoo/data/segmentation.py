@@ -25,6 +25,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..bounds import MAX_JSON_BYTES, read_bounded
 from ..errors import DataError
 from ._common import (Split, check_binary, check_pack, data_root, group_split, hash_rank, load_npz, missing, only_test,
                       repo_pack, root_source, save_npz_atomic, sha256_file)
@@ -34,6 +35,10 @@ DSB_FOLDER = 'dsb2018_96'
 DSB_SPLIT_FILE = 'dsb2018-96-split.json'
 DSB_TEST_PACK = 'dsb2018-96-test.npz'
 DSB_SIZE = 96
+#: the largest carvana ``size`` side
+MAX_SIDE = 4096
+#: the most pixels an image file may declare (4096 x 4096)
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 DSB_SOURCE = ('It is the 670 stage-1 training images of the Kaggle 2018 Data Science Bowl resized to 96x96 '
               '(images/<id>.png, masks/0/<id>.png), in the shared qzoo data folder.')
@@ -58,12 +63,20 @@ def _binary(img, threshold: int = 127) -> np.ndarray:
 
 
 def _open(path: Path):
+    """The decoded image at ``path``; its size (from the header) is checked before it is decoded: at most
+    :data:`MAX_PIXELS`, far above the datasets' images (96 x 96, 1918 x 1280), since a small compressed file can
+    decode to gigabytes."""
     from PIL import Image
+    if path.exists() and not path.is_file():
+        raise DataError(f'{path} is not a regular file (a FIFO or device can block or never end); copy it again')
     try:
         img = Image.open(path)
+        if img.size[0] * img.size[1] > MAX_PIXELS:
+            raise DataError(f'{path} declares {img.size[0]} x {img.size[1]} pixels, more than a dataset image may '
+                            f'have ({MAX_PIXELS:,}); it is not the expected file: copy it again')
         img.load()
         return img
-    except FileNotFoundError:
+    except (FileNotFoundError, DataError):
         raise
     except Exception as e:  # PIL raises several types for truncated / non-image files
         raise DataError(f'{path} is not a readable image ({type(e).__name__}: {e}); copy it again') from e
@@ -90,8 +103,9 @@ def read_dsb_split(path: Path = None) -> Dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'{path} (a dsb2018-96 split file) is missing')
+    text = read_bounded(path, MAX_JSON_BYTES, 'split file', DataError, 'give a JSON split file (see make_dsb_split)')
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(text)
         ids = doc['ids']
         assert all(isinstance(ids[s], list) for s in ('train', 'val', 'test'))
     except Exception as e:
@@ -200,8 +214,9 @@ def load_carvana(root=None, splits: Sequence[str] = ('train', 'val', 'test'), si
     from PIL import Image
     t0 = time.perf_counter()
     h, w = (int(v) for v in size)
-    if h < 1 or w < 1:
-        raise ValueError(f'size must be (H, W) with positive ints, got {size}')
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise ValueError(f'size must be (H, W) with whole numbers in [1, {MAX_SIDE}] (the images are 1918 x 1280), '
+                         f'got {size}')
     base = data_root(root)
     folder = base / 'carvana' if (base / 'carvana').is_dir() or not (base / 'train').is_dir() else base
     imdir, mdir = folder / 'train', folder / 'train_masks'

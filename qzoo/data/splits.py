@@ -4,11 +4,12 @@ provenance, and a :class:`~qzoo.data.BatchLoader` for each split with the datase
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from ..errors import DataError
 from ._common import SPLITS, Split
 from .loader import BatchLoader
 
@@ -46,6 +47,20 @@ class DataSplits:
         kw = dict(shuffle=train, augment=self.augment if train else None, normalize=self.normalize)
         kw.update(kwargs)
         return BatchLoader(s, batch_size, **kw)
+
+    def require_samples(self, splits: Sequence[str], why: str) -> None:
+        """Raise a :class:`~qzoo.errors.DataError` unless every split of ``splits`` is loaded and holds at least one
+        sample (``why`` says what needs them): an empty split trains, selects and scores nothing, and every metric of
+        it would be a made-up 0."""
+        empty = [s for s in splits if getattr(self, s, None) is None or len(getattr(self, s)) == 0]
+        if not empty:
+            return
+        options = self.info.get('options') or {}
+        sizes = [f'n_{s}' for s in empty if f'n_{s}' in options]
+        fix = (f'set {" and ".join(f"data_args.{k}" for k in sizes)} to 1 or more' if sizes else
+               'choose options that leave samples in every split (a smaller stride, another split file)')
+        raise DataError(f'{self.name}: the {" and ".join(empty)} split{"s" if len(empty) > 1 else ""} '
+                        f'{"hold" if len(empty) > 1 else "holds"} no samples (options {options}); {why}. Fix: {fix}')
 
     def summary(self) -> str:
         """A small printable table: samples per class (or size / target statistics) and split."""

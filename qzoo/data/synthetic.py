@@ -33,6 +33,10 @@ KINDS = {  # kind: (task, default dim, fixed dim?, default noise)
     'norm2': ('regression', 2, False, 0.05),
 }
 MEAN_SCALE = 3.0
+#: the most values (samples x dim) one split may hold: 2**25, 256 MiB as float64 while it is drawn
+MAX_VALUES = 1 << 25
+#: the most classes of ``gaussians``
+MAX_CLASSES = 10_000
 
 
 def _rng(*parts) -> np.random.Generator:
@@ -93,8 +97,12 @@ def load_synthetic(root=None, splits: Sequence[str] = ('train', 'val', 'test'), 
     for s, v in sizes.items():
         if int(v) < 0:
             raise ValueError(f'n_{s} must be >= 0, got {v}')
-    if kind == 'gaussians' and int(k) < 2:
-        raise ValueError(f'gaussians needs k >= 2 classes, got {k}')
+    if kind == 'gaussians' and not 2 <= int(k) <= MAX_CLASSES:
+        raise ValueError(f'gaussians needs k in [2, {MAX_CLASSES:,}] classes, got {k}')
+    for s, v in sizes.items():
+        if int(v) * dim > MAX_VALUES:
+            raise ValueError(f'n_{s}={v} samples of dim={dim} are {int(v) * dim:,} values, more than a synthetic split '
+                             f'may hold ({MAX_VALUES:,}); use fewer samples or dimensions')
     num_classes = int(k) if kind == 'gaussians' else (2 if task == 'classification' else 1)
     out = {s: Split(*(torch.from_numpy(a) for a in generate(kind, int(sizes[s]), dim, noise, seed, s, int(k))))
            for s in splits}

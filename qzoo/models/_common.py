@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from ..layers import (QuadraticConv1d, QuadraticConv2d, QuadraticConvTranspose1d, QuadraticConvTranspose2d,
                       QuadraticLayer, QuadraticLinear, check_input_dtype, recording_graph)
-from ..neurons import NeuronFamily, NeuronSpec, get_neuron
+from ..neurons import NeuronSpec, get_neuron
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
