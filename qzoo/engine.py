@@ -23,6 +23,7 @@ On resume the log is cut back to the checkpoint's epoch.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -272,10 +273,11 @@ def _smoke_slice(split, n: Optional[int]):
     return type(split)(split.x[idx], split.y[idx])
 
 
-def _data(r: Recipe, dist: Dist, device: torch.device, smoke: bool):
-    """The dataset (a smoke slice of it with ``smoke``) and its train / val / test loaders."""
+def _data(r: Recipe, dist: Dist, device: torch.device, smoke: bool, data=None):
+    """The dataset (a smoke slice of it with ``smoke``) and its train / val / test loaders. ``data``: the recipe's
+    dataset loaded already (it is not changed)."""
     from .data import BatchLoader, load_dataset
-    ds = load_dataset(r.data, **r.data_args)
+    ds = load_dataset(r.data, **r.data_args) if data is None else copy.copy(data)
     if smoke:
         ds.train, ds.val, ds.test = (_smoke_slice(getattr(ds, k), r.smoke[k]) for k in ('train', 'val', 'test'))
     train_loader = BatchLoader(ds.train, max(1, r.batch_size // dist.world_size), shuffle=True, seed=r.seed,
@@ -320,10 +322,12 @@ def _compile_mode(r: Recipe, device: torch.device) -> Optional[str]:
     return CUDA_COMPILE_MODE if r.compile == 'auto' else 'default' if r.compile is True else r.compile
 
 
-def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool, compile_backend: str = 'inductor') -> _Setup:
+def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool, compile_backend: str = 'inductor',
+           data=None) -> _Setup:
     """Seed, backends, data, model, optimiser and schedule, in the order that fixes the RNG stream. The model is
     compiled with static shapes (the training batches have one shape); ``compile_backend`` other than inductor
-    (tests, the benchmark's CPU smoke run) ignores the mode."""
+    (tests, the benchmark's CPU smoke run) ignores the mode. ``data``: the recipe's dataset, loaded already (the
+    benchmark sets up many runs of one dataset)."""
     import qzoo
     if r.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -332,7 +336,7 @@ def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool, compile_bac
     elif device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(r.seed)
-    ds, train_loader, val_loader, test_loader = _data(r, dist, device, smoke)
+    ds, train_loader, val_loader, test_loader = _data(r, dist, device, smoke, data)
     model = qzoo.create_model(r.model, num_classes=ds.num_classes, in_chans=ds.in_shape[0], **r.model_args)
     sample_shape = (1, *ds.in_shape)
     params, macs = count_params(model), count_macs(model, sample_shape)

@@ -31,6 +31,7 @@ LAYERS = [
     ('engine',),                               # training
     ('stats', 'evaluation'),                   # evaluation and its uncertainty
     ('efficiency', 'publish', 'export'),       # the zoo's jobs
+    ('trainspeed',),                           # training speed in the recipes' own loop
     ('benchmark', 'launch'),                   # the tools that measure (exported models too) and run them
     ('cli',),                                  # the command line: list, info, cards
 ]
