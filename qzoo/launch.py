@@ -101,7 +101,7 @@ TRAIN = ['-m', 'qzoo_cli', 'train']
 BENCHMARK = ['-m', 'qzoo_cli', 'bench']
 CUDA_TESTS = ['-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/test_layers.py', 'tests/test_data.py',
               'tests/test_engine.py', '-k', 'cuda']
-TESTS_AFTER_S = 40    # a benchmark-first preset keeps this long after training for the CUDA tests
+TESTS_AFTER_S = 60    # a benchmark-first preset keeps this long after training for the CUDA tests
 NOT_PACKED = ('.ckpt', '.tmp', '.lock')
 
 
