@@ -6,7 +6,8 @@ for ``fan``), so every tensor is a submodule's ``.weight`` / ``.bias``.
 
 The forward squares the input once when a term needs ``x*x``, calls each term
 module on its input, and hands the outputs to the family's ``combine``
-(:meth:`qzoo.neurons.NeuronFamily.combine`): plain torch calls under autograd,
+(:meth:`qzoo.neurons.NeuronFamily.combine`; on CUDA, with :data:`STACK_X_TERMS_ON_CUDA`,
+the terms that read ``x`` are one call on their stacked weights): plain torch calls under autograd,
 so autocast, channels_last, ``torch.compile(fullgraph=True)``, ``torch.fx``
 symbolic tracing, ``torch.jit.trace`` and ``torch.export`` all see ordinary
 convolutions and elementwise ops. The input checks (type, dtype, shape) run in

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
@@ -240,9 +241,9 @@ def share_processes(k: int, worker_argv: Callable[[int, Path], List[str]]) -> Li
             _await(lambda: all((folder / f'result-{i}.json').exists() for i in range(k)), procs, logs, 'measuring')
             return [json.loads((folder / f'result-{i}.json').read_text()) for i in range(k)]
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, 9)
+            for p in procs:  # the whole group: a worker's compile processes too
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
 
 
