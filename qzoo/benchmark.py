@@ -24,10 +24,23 @@ under the current directory, folders created as needed; nothing else is written)
   same shape on the CIFAR ResNet layer shapes, as times and the ratio;
 * ``--profile``: ``torch.profiler`` time per kernel (CUDA kernels on a GPU, CPU operators on
   the CPU) of one ``--cifar-train`` step per model, the ``--top`` kernels as CSV rows;
-* ``--suite gpu --budget-s S --results-dir DIR``: every GPU measurement above in one command
-  (see :data:`SUITE`), within S seconds, one CSV per step under DIR plus ``suite.csv`` (each
-  step's status) and ``env.json``. It needs CUDA; ``--smoke`` runs the same steps on the CPU
-  with tiny sizes (a test of the suite, not a measurement).
+* ``--train-loop``: training img/s of recipes (``--recipes``, default the CIFAR resnet20 and
+  qresnet20 w16 recipes) in the engine's own loop (:mod:`qzoo.trainspeed`): the set-up
+  ``qzoo train`` makes (data on the device, fused optimizer on CUDA, the recipe's autocast and
+  channels_last), ``--runtimes eager`` (``compile: false``) or ``compiled`` (``compile:`` the
+  ``--compile-mode``, torch's default mode without one), then whole epochs of its loop. The first
+  epoch is reported apart (``startup_s``: compilation, CUDA-graph recording, cuDNN's search) from
+  the steady ones (``train_samples_per_sec``); ``--set KEY=VALUE`` overrides the recipes,
+  ``--loop-images N`` makes epochs of N images, ``--stack-x-terms`` turns on
+  ``qzoo.layers.STACK_X_TERMS_ON_CUDA``;
+* ``--share K``: total training img/s of K runs of the first recipe on one device: one run alone,
+  K processes side by side (as ``qzoo launch`` runs a stage) and K models in one process;
+* ``--suite gpu --budget-s S --results-dir DIR``: the GPU measurements in one command
+  (see :data:`SUITE`: first the six recipe-loop speeds of resnet20 and qresnet20 eager, compiled
+  and compiled with CUDA graphs, then what the budget leaves room for), within S seconds, one CSV
+  per step under DIR plus ``suite.csv`` (each step's status, skipped steps by name),
+  ``train_loop.csv`` (the recipe-loop rows together) and ``env.json``. It needs CUDA; ``--smoke``
+  runs the same steps on the CPU with tiny sizes (a test of the suite, not a measurement).
 
 Timing: every mode measures its variants round by round (``--rounds``) in a freshly shuffled
 order each round, each measurement ``torch.utils.benchmark.Timer.blocked_autorange`` of at
@@ -37,6 +50,8 @@ per-round ratios, so load that comes and goes on a shared machine hits every var
 instead of whichever variant happens to run during a busy spell. The models and
 ``--cifar-train`` CSVs are rewritten after every round (a run cut short keeps the rounds it
 finished, column ``rounds``), the layer and profile CSVs after every layer / model.
+``--train-loop`` and ``--share`` time whole epochs of the recipes' loop, one variant after the
+other (their CSV is rewritten after every epoch / arrangement).
 
 Examples::
 
@@ -46,7 +61,9 @@ Examples::
     qzoo bench --layer-bench --batch-size 128 --threads 1
     qzoo bench --cifar-train --device cuda --amp bf16 --channels-last \\
         --models resnet20 qresnet20 --runtimes eager compiled
-    qzoo bench --suite gpu --budget-s 480 --results-dir results/gpu
+    qzoo bench --train-loop --device cuda --runtimes eager compiled --compile-mode reduce-overhead
+    qzoo bench --share 4 --recipes recipes/cifar10-jpeg75/qresnet20-w16.yaml --loop-images 10240
+    qzoo bench --suite gpu --budget-s 120 --results-dir results/gpu
 """
 from __future__ import annotations
 
@@ -81,6 +98,7 @@ from .bounds import device_of
 from .checkout import root as checkout_root
 from .errors import NotARegularFileError
 from .fileio import atomic_write_json, atomic_write_text, check_target
+from .trainspeed import LOOP_RECIPES
 
 TIMM_COLUMNS = ['model', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'infer_img_size',
                 'infer_gmacs', 'param_count', 'train_samples_per_sec', 'train_step_time', 'train_batch_size',
@@ -99,6 +117,13 @@ PROFILE_COLUMNS = ['model', 'rank', 'kernel', 'calls', 'self_time_us', 'share', 
                    'batch_size', 'device', 'device_name', 'torch', 'dtype', 'channels_last', 'date']
 
 SUITE_COLUMNS = ['step', 'status', 'seconds', 'timeout_s', 'results_file', 'detail']
+
+LOOP_COLUMNS = ['model', 'run', 'recipe', 'runtime', 'compile_mode', 'train_samples_per_sec', 'epoch_s', 'epochs',
+                'images_per_epoch', 'first_epoch_s', 'startup_s', 'build_s', 'batch_size', 'amp', 'channels_last',
+                'optimizer', 'stacked_x_terms', 'params', 'device', 'device_name', 'torch', 'date', 'note']
+SHARE_COLUMNS = ['arrangement', 'runs', 'total_img_s', 'per_run_img_s', 'vs_alone', 'window_s', 'model', 'run',
+                 'recipe', 'runtime', 'compile_mode', 'images_per_epoch', 'batch_size', 'amp', 'channels_last',
+                 'optimizer', 'stacked_x_terms', 'device', 'device_name', 'torch', 'date', 'note']
 
 #: the 3x3 (padding 1) convolutions of the CIFAR ResNets: name, in, out, input size, stride
 CIFAR_LAYERS = [('stem', 3, 16, 32, 1), ('16-16', 16, 16, 32, 1), ('16-32/2', 16, 32, 32, 2),
@@ -238,9 +263,15 @@ def make_input(shape: tuple, device: torch.device, channels_last: bool) -> torch
 def compile_model(model: nn.Module, args) -> nn.Module:
     """``torch.compile`` with static shapes (batch 1 and batch N each get their own graph)."""
     kw = dict(dynamic=False, backend=args.compile_backend)
-    if args.compile_mode:
+    if args.compile_mode and args.compile_backend == 'inductor':  # a mode is inductor's
         kw['mode'] = args.compile_mode
     return torch.compile(model, **kw)
+
+
+def cudagraphs(args, runtime: str) -> bool:
+    """Whether ``runtime`` replays CUDA graphs (compiled by inductor in such a mode)."""
+    from qzoo.engine import CUDAGRAPH_MODES
+    return runtime == 'compiled' and args.compile_backend == 'inductor' and args.compile_mode in CUDAGRAPH_MODES
 
 
 def loss_of(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -269,11 +300,14 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def train_step_fn(net: nn.Module, model: nn.Module, next_batch: Callable[[], tuple], device: torch.device,
-                  amp: Optional[str], channels_last: bool) -> Callable[[], None]:
-    """One training step as the engine runs it; ``net`` may be the compiled ``model``."""
+                  amp: Optional[str], channels_last: bool, cudagraphs: bool = False) -> Callable[[], None]:
+    """One training step as the engine runs it; ``net`` may be the compiled ``model`` (``cudagraphs``: in a mode
+    that replays CUDA graphs, whose steps are marked)."""
     opt = sgd(model)
 
     def step():
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         x, y = next_batch()
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -352,7 +386,8 @@ def model_tasks(name: str, runtime: str, args, device: torch.device, kinds: Sequ
                 next_batch = lambda: (xb, y)  # noqa: E731
             else:
                 next_batch = batch_source(bs)
-            fns['train'] = train_step_fn(tnet, train_model, next_batch, device, args.amp, args.channels_last)
+            fns['train'] = train_step_fn(tnet, train_model, next_batch, device, args.amp, args.channels_last,
+                                         cudagraphs(args, runtime))
     fns = {k: fn for k, fn in fns.items() if k in kinds}
     for fn in fns.values():
         for _ in range(max(1, args.warmup)):
@@ -509,6 +544,128 @@ def bench_cifar_train(args, device: torch.device, log, out: Path) -> List[Dict[s
     return bench_models(args, device, log, out, MODEL_COLUMNS, bench='cifar-train', batch_source=make, note=note)
 
 
+# ---- the recipes' own training loop ---------------------------------------------------------
+def loop_compile(runtime: str, mode: Optional[str]):
+    """The recipe's ``compile`` value of a runtime: eager is false, compiled is the torch.compile mode."""
+    if runtime not in ('eager', 'compiled'):
+        raise SystemExit(f'--train-loop and --share time the runtimes eager and compiled, got {runtime!r}')
+    return False if runtime == 'eager' else (mode or 'default')
+
+
+def _loop_base(args, device: torch.device, path: str, runtime: str, info: Dict[str, object]) -> Dict[str, object]:
+    base = dict(common_row(args, device), recipe=path, runtime=runtime, **info)
+    if runtime == 'compiled' and args.compile_backend != 'inductor':
+        base['note'] = f'dynamo backend {args.compile_backend!r} (a check of the path, not a measurement)'
+    return base
+
+
+def loop_row(args, device: torch.device, path: str, runtime: str, t) -> Dict[str, object]:
+    """The CSV row of one :class:`qzoo.trainspeed.LoopTimes`."""
+    row = dict(_loop_base(args, device, path, runtime, t.info), build_s=round(t.build_s, 2), epochs=len(t.epoch_s),
+               first_epoch_s=round(t.first_epoch_s, 3) if t.first_epoch_s is not None else None)
+    if t.epoch_s:
+        row.update(train_samples_per_sec=round(t.img_s, 1), epoch_s=round(statistics.median(t.epoch_s), 4),
+                   startup_s=round(t.startup_s, 2))
+    return row
+
+
+def bench_train_loop(args, device: torch.device, log, out: Path) -> List[Dict[str, object]]:
+    """Training img/s of each recipe (``--recipes``) and runtime in the engine's own loop, one after the other."""
+    from qzoo import trainspeed
+    rows: List[Dict[str, object]] = []
+    for path in args.recipes:
+        for rt in args.runtimes:
+            r = trainspeed.loop_recipe(path, loop_compile(rt, args.compile_mode), device, args.set, args.loop_images)
+            log(f'{r.name} [{rt}{" " + args.compile_mode if rt == "compiled" and args.compile_mode else ""}]: '
+                f'set-up, 1 + {args.rounds} epochs (at least {args.min_time:g} s)')
+
+            def on_epoch(t, path=path, rt=rt):
+                write_csv(out, rows + [loop_row(args, device, path, rt, t)], LOOP_COLUMNS)
+            t = trainspeed.loop_speed(r, args.loop_images, args.rounds, args.min_time, args.compile_backend, on_epoch)
+            rows.append(loop_row(args, device, path, rt, t))
+            write_csv(out, rows, LOOP_COLUMNS)
+            log(f"{r.name} [{rt}]: {rows[-1]['train_samples_per_sec']:,.0f} img/s ({rows[-1]['epochs']} epochs of "
+                f"{t.images} images, {rows[-1]['epoch_s']} s each); start-up {rows[-1]['startup_s']} s (first epoch "
+                f"{rows[-1]['first_epoch_s']} s), set-up {rows[-1]['build_s']} s")
+    return rows
+
+
+def _worker_args(args, device: torch.device, path: str, runtime: str) -> Callable[[int, Path], List[str]]:
+    """The command line of share worker i (``--share-worker``) for this measurement."""
+    from qzoo.trainspeed import worker_command
+
+    def argv(i: int, folder: Path) -> List[str]:
+        a = ['--share-worker', str(folder), '--share-index', str(i), '--recipes', path, '--runtimes', runtime,
+             '--device', str(device), '--min-time', str(args.min_time), '--compile-backend', args.compile_backend]
+        for o in [*args.set, f'seed={i}']:
+            a += ['--set', o]
+        a += ['--compile-mode', args.compile_mode] if args.compile_mode else []
+        a += ['--loop-images', str(args.loop_images)] if args.loop_images else []
+        a += ['--stack-x-terms'] if args.stack_x_terms else []
+        return worker_command(a + (['--threads', str(args.threads)] if args.threads else []))
+    return argv
+
+
+def share_row(base: Dict[str, object], arrangement: str, results: List[Dict], runs: int,
+              alone: Optional[float]) -> Dict:
+    """The CSV row of ``runs`` runs that trained side by side (``results``: one per process, or one for all)."""
+    from qzoo.trainspeed import total_img_s
+    total = total_img_s(results)
+    return dict(base, **results[0]['info'], arrangement=arrangement, runs=runs, total_img_s=round(total, 1),
+                per_run_img_s=round(total / runs, 1), vs_alone=round(total / (alone or total), 3),
+                window_s=round(max(r['seconds'] for r in results), 2))
+
+
+def bench_share(args, device: torch.device, log, out: Path) -> List[Dict[str, object]]:
+    """``--share K``: total training img/s of K runs of the first recipe on one device, alone (one run), as K
+    processes side by side, and as K models in one process (seeds 0..K-1)."""
+    from qzoo import trainspeed
+    path, rt, k = args.recipes[0], args.runtimes[0], args.share
+    recipe = trainspeed.loop_recipe(path, loop_compile(rt, args.compile_mode), device, args.set, args.loop_images)
+    base = _loop_base(args, device, path, rt, {})
+    rows: List[Dict[str, object]] = []
+    alone = None
+    plan = [('alone', lambda: [trainspeed.share_one_process([recipe], args.loop_images, args.min_time,
+                                                             args.compile_backend)]),
+            ('processes', lambda: trainspeed.share_processes(k, _worker_args(args, device, path, rt))),
+            ('one-process', lambda: [trainspeed.share_one_process([recipe.replace(seed=i) for i in range(k)],
+                                                                   args.loop_images, args.min_time,
+                                                                   args.compile_backend)])]
+    for arrangement, measure in plan:
+        log(f'{recipe.name} [{rt}]: {arrangement}' + ('' if arrangement == 'alone' else f', {k} runs'))
+        rows.append(share_row(base, arrangement, measure(), 1 if arrangement == 'alone' else k, alone))
+        alone = alone or rows[0]['total_img_s']
+        write_csv(out, rows, SHARE_COLUMNS)
+        log(f"  {rows[-1]['total_img_s']:,.0f} img/s in all ({rows[-1]['per_run_img_s']:,.0f} per run"
+            + (f", {rows[-1]['vs_alone']}x alone)" if rows[-1]['vs_alone'] else ')'))
+    return rows
+
+
+def run_share_worker(args) -> int:
+    """``--share-worker DIR --share-index I``: one run of a ``--share`` measurement (see qzoo.trainspeed)."""
+    from qzoo import trainspeed
+    device = setup(args, lambda s: None)
+    r = trainspeed.loop_recipe(args.recipes[0], loop_compile(args.runtimes[0], args.compile_mode), device, args.set,
+                               args.loop_images)
+    with stacking(args.stack_x_terms):
+        trainspeed.share_worker(r, args.loop_images, args.min_time, Path(args.share_worker), args.share_index,
+                                args.compile_backend)
+    return 0
+
+
+@contextmanager
+def stacking(on: bool):
+    """``qzoo.layers.STACK_X_TERMS_ON_CUDA`` set to ``on`` for a measurement (``--stack-x-terms``), then restored:
+    a suite's steps run in one process."""
+    from qzoo import layers
+    old = layers.STACK_X_TERMS_ON_CUDA
+    layers.STACK_X_TERMS_ON_CUDA = bool(on) or old
+    try:
+        yield
+    finally:
+        layers.STACK_X_TERMS_ON_CUDA = old
+
+
 # ---- the layer table -------------------------------------------------------------------
 def layer_fns(cin: int, cout: int, hw: int, stride: int, args, device: torch.device) -> Dict[str, Callable]:
     """Forward + backward of ``nn.Conv2d`` and ``QuadraticConv2d`` of one shape."""
@@ -559,11 +716,14 @@ def bench_layers(args, device: torch.device, log, out: Path) -> List[Dict[str, o
 
 # ---- kernel profile ---------------------------------------------------------------------
 def kernel_rows(prof, device: torch.device, top: int) -> List[Dict[str, object]]:
-    """The ``top`` kernels by self time: CUDA kernels (events with device time) on a GPU,
-    CPU operators otherwise."""
+    """The ``top`` kernels by self time: CUDA kernels (and copies) on a GPU, CPU operators otherwise. On a GPU the
+    operators that launched the kernels are left out: the profiler gives them their kernels' time as their own
+    "self" device time too, which would count every kernel twice."""
+    from torch.autograd import DeviceType
     events = prof.key_averages()
     if device.type == 'cuda':
-        timed = [(e.key, e.count, e.self_device_time_total) for e in events if e.self_device_time_total > 0]
+        timed = [(e.key, e.count, e.self_device_time_total) for e in events
+                 if e.device_type != DeviceType.CPU and e.self_device_time_total > 0]
         activity = 'cuda'
     else:
         timed = [(e.key, e.count, e.self_cpu_time_total) for e in events if e.self_cpu_time_total > 0]
@@ -582,8 +742,10 @@ def bench_profile(args, device: torch.device, log, out: Path) -> List[Dict[str, 
     rows: List[Dict[str, object]] = []
     for name in args.models:
         model = build(name, args, device).train()
-        net = compile_model(model, args) if 'compiled' in args.runtimes else model
-        step = train_step_fn(net, model, make(args.batch_size), device, args.amp, args.channels_last)
+        runtime = 'compiled' if 'compiled' in args.runtimes else 'eager'
+        net = compile_model(model, args) if runtime == 'compiled' else model
+        step = train_step_fn(net, model, make(args.batch_size), device, args.amp, args.channels_last,
+                             cudagraphs(args, runtime))
         for _ in range(max(1, args.warmup)):
             step()
         sync(device)
@@ -639,35 +801,54 @@ def deadline(seconds: Optional[float]):
 
 CIFAR_MODELS = ['resnet20', 'resnet56', 'qresnet20']
 PROFILE_MODELS = ['resnet20', 'qresnet20']
-#: the GPU suite, most important first: (step, share of the budget, arguments). ``{models}``
-#: stands for CIFAR_MODELS, ``{pair}`` for PROFILE_MODELS (tiny models under --smoke).
+#: --smoke: the tiny models standing in for the suite's (also in the recipes: ``--set model=...``)
+SMOKE_MODELS = {'resnet20': 'resnet8', 'resnet56': 'resnet8', 'qresnet20': 'qresnet8'}
+LOOP_ARGS = ['--rounds', '2', '--min-time', '1']
+CUDAGRAPHS = ['--runtimes', 'compiled', '--compile-mode', 'reduce-overhead']
+SHARE_ARGS = ['--share', '4', '{recipe:qresnet20}', '--loop-images', '10240', '--min-time', '6']
+#: the GPU suite, most important first: (step, share of the budget, arguments). The six training speeds in the
+#: recipes' own loop come first and share the whole budget; every step after them (share 0) gets the time they
+#: leave. ``{recipe:NAME}`` stands for ``--recipes`` and the recipe of NAME (trainspeed.LOOP_RECIPES), ``{models}``
+#: for CIFAR_MODELS, ``{pair}`` for PROFILE_MODELS (under --smoke: the SMOKE_MODELS).
 SUITE = [
-    ('cifar_train_eager', 0.15, ['--cifar-train', '--channels-last', '--models', '{models}', '--runtimes', 'eager']),
-    ('profile_kernels', 0.10, ['--profile', '--channels-last', '--models', '{pair}']),
-    ('cifar_train_compiled', 0.25, ['--cifar-train', '--channels-last', '--models', '{models}',
-                                    '--runtimes', 'compiled']),
-    ('models', 0.15, ['--channels-last', '--models', '{models}', '--runtimes', 'eager', '--batch-size', '512',
-                      '--min-time', '0.5']),
-    ('layers', 0.10, ['--layer-bench', '--channels-last', '--batch-size', '512', '--min-time', '0.2']),
-    ('cifar_train_eager_nchw', 0.10, ['--cifar-train', '--models', '{models}', '--runtimes', 'eager']),
-    ('cifar_train_cudagraphs', 0.15, ['--cifar-train', '--channels-last', '--models', '{pair}',
-                                      '--runtimes', 'compiled', '--compile-mode', 'reduce-overhead']),
+    ('loop_resnet20_eager', 0.07, ['--train-loop', '{recipe:resnet20}', '--runtimes', 'eager', *LOOP_ARGS]),
+    ('loop_qresnet20_eager', 0.09, ['--train-loop', '{recipe:qresnet20}', '--runtimes', 'eager', *LOOP_ARGS]),
+    ('loop_resnet20_compiled', 0.20, ['--train-loop', '{recipe:resnet20}', '--runtimes', 'compiled', *LOOP_ARGS]),
+    ('loop_qresnet20_compiled', 0.30, ['--train-loop', '{recipe:qresnet20}', '--runtimes', 'compiled', *LOOP_ARGS]),
+    ('loop_resnet20_cudagraphs', 0.13, ['--train-loop', '{recipe:resnet20}', *CUDAGRAPHS, *LOOP_ARGS]),
+    ('loop_qresnet20_cudagraphs', 0.21, ['--train-loop', '{recipe:qresnet20}', *CUDAGRAPHS, *LOOP_ARGS]),
+    ('loop_qresnet20_eager_stacked', 0.0, ['--train-loop', '{recipe:qresnet20}', '--runtimes', 'eager',
+                                           '--stack-x-terms', *LOOP_ARGS]),
+    ('loop_qresnet20_cudagraphs_stacked', 0.0, ['--train-loop', '{recipe:qresnet20}', *CUDAGRAPHS, '--stack-x-terms',
+                                                *LOOP_ARGS]),
+    ('share_eager', 0.0, [*SHARE_ARGS, '--runtimes', 'eager']),
+    ('profile_kernels_cudagraphs', 0.0, ['--profile', '--channels-last', '--models', '{pair}', *CUDAGRAPHS]),
+    ('share_cudagraphs', 0.0, [*SHARE_ARGS, *CUDAGRAPHS]),
+    ('profile_kernels', 0.0, ['--profile', '--channels-last', '--models', '{pair}']),
+    ('layers', 0.0, ['--layer-bench', '--channels-last', '--batch-size', '512', '--min-time', '0.2']),
+    ('models', 0.0, ['--channels-last', '--models', '{models}', '--runtimes', 'eager', '--batch-size', '512',
+                     '--min-time', '0.5']),
 ]
 SUITE_FULL = ['--device', 'cuda', '--amp', 'bf16', '--warmup', '10', '--rounds', '3']
 #: --smoke: the same steps on the CPU, tiny; dynamo's 'eager' backend stands in for inductor
 SUITE_SMOKE = ['--device', 'cpu', '--threads', '1', '--warmup', '1', '--rounds', '1', '--min-time', '0.01',
                '--batch-size', '8', '--cifar-split', 'test', '--cifar-size', '32', '--layers', 'stem', '64-64',
-               '--compile-backend', 'eager', '--top', '10']
+               '--compile-backend', 'eager', '--top', '10', '--set', 'batch_size=16', '--loop-images', '32']
 
 
 def suite_argv(args_: List[str], smoke: bool, results_file: Path) -> List[str]:
-    models = ['resnet8', 'qresnet8'] if smoke else CIFAR_MODELS
-    pair = ['resnet8', 'qresnet8'] if smoke else PROFILE_MODELS
+    """The ``qzoo bench`` arguments of a suite step (see SUITE)."""
+    tiny = (lambda m: SMOKE_MODELS[m]) if smoke else (lambda m: m)
     out: List[str] = []
     for a in args_:
-        out += models if a == '{models}' else pair if a == '{pair}' else [a]
-    if smoke:  # tiny settings win; CUDA graphs need CUDA
-        out = [a for i, a in enumerate(out) if a != '--compile-mode' and (i == 0 or out[i - 1] != '--compile-mode')]
+        if a.startswith('{recipe:'):
+            name = a[len('{recipe:'):-1]
+            out += ['--recipes', LOOP_RECIPES[name]] + (['--set', f'model={tiny(name)}'] if smoke else [])
+        else:
+            out += ([tiny(m) for m in CIFAR_MODELS] if a == '{models}' else [tiny(m) for m in PROFILE_MODELS]
+                    if a == '{pair}' else [a])
+    if smoke:  # tiny settings win: two runs side by side
+        out = ['2' if i and out[i - 1] == '--share' else a for i, a in enumerate(out)]
         return out + SUITE_SMOKE + ['--results-file', str(results_file)]
     return SUITE_FULL + out + ['--results-file', str(results_file)]
 
@@ -716,36 +897,68 @@ def run_step(name: str, argv: List[str], timeout: float, out_dir: Path, log) -> 
             torch.cuda.empty_cache()
 
 
-def run_suite(args, log) -> int:
-    """``--suite gpu``: the SUITE steps in order within ``--budget-s``; 1 if a step failed."""
+def _check_suite_args(args) -> None:
     if not args.smoke and not torch.cuda.is_available():
         raise SystemExit(f'--suite gpu needs CUDA, and torch.cuda.is_available() is False here (torch '
                          f'{torch.__version__}, CUDA build {torch.version.cuda}). Run it on a GPU machine, or add '
                          f'--smoke to run the same steps on the CPU with tiny sizes.')
     if not args.results_dir or not args.budget_s or args.budget_s <= 0:
         raise SystemExit('--suite gpu needs --budget-s SECONDS (> 0) and --results-dir DIR')
-    t0, out_dir = time.monotonic(), Path(args.results_dir)
+
+
+def run_suite(args, log, clock: Callable[[], float] = time.monotonic, step: Optional[Callable] = None) -> int:
+    """``--suite gpu``: the SUITE steps in order within ``--budget-s`` (``clock``: seconds; ``step(name, argv,
+    timeout, out_dir, log) -> (status, detail)`` runs one, :func:`run_step` by default); 1 if a step failed."""
+    _check_suite_args(args)
+    step = step or run_step
+    t0, out_dir = clock(), Path(args.results_dir)
     check_target(out_dir / 'suite.csv', parents=True)
     atomic_write_json(out_dir / 'env.json', suite_env(args))
     budget, reserve = float(args.budget_s), min(10.0, 0.05 * float(args.budget_s))
     rows: List[Dict[str, object]] = []
     for i, (name, _, step_args) in enumerate(SUITE):
-        remaining = budget - (time.monotonic() - t0)
+        remaining = budget - (clock() - t0)
         timeout = step_timeout(i, budget, remaining, reserve)
         csv_path = out_dir / f'{name}.csv'
         if timeout < (1.0 if args.smoke else 5.0):
             status, detail, secs = 'skipped', f'{max(remaining, 0):.0f} s of the budget left', 0.0
         else:
-            log(f'== {name} (at {time.monotonic() - t0:.0f} s, up to {timeout:.0f} s)')
-            ts = time.monotonic()
-            status, detail = run_step(name, suite_argv(step_args, args.smoke, csv_path), timeout, out_dir, log)
-            secs = time.monotonic() - ts
+            log(f'== {name} (at {clock() - t0:.0f} s, up to {timeout:.0f} s)')
+            ts = clock()
+            status, detail = step(name, suite_argv(step_args, args.smoke, csv_path), timeout, out_dir, log)
+            secs = clock() - ts
         rows.append(dict(step=name, status=status, seconds=round(secs, 1), timeout_s=round(max(timeout, 0), 1),
                          results_file=csv_path.name if csv_path.exists() else '', detail=detail))
         write_csv(out_dir / 'suite.csv', rows, SUITE_COLUMNS)
         log(f'== {name}: {status} ({secs:.0f} s){": " + detail if detail else ""}')
-    log(f'== suite done in {time.monotonic() - t0:.0f} s of {budget:.0f}; CSVs in {out_dir}')
+    loop_summary(out_dir, rows, log)
+    log(f'== suite done in {clock() - t0:.0f} s of {budget:.0f}; CSVs in {out_dir}')
     return 1 if any(r['status'] == 'failed' for r in rows) else 0
+
+
+def loop_summary(out_dir: Path, steps: List[Dict[str, object]], log) -> None:
+    """The recipe-loop speeds of the suite's loop steps in one CSV (``train_loop.csv``, in SUITE order) and the log:
+    what the suite is for, first."""
+    rows = []
+    for st in steps:
+        if str(st['step']).startswith('loop_'):
+            got = _read_rows(out_dir / f"{st['step']}.csv")
+            rows += [dict(r, note=f"{st['step']}: {st['status']}" + (f"; {r['note']}" if r.get('note') else ''))
+                     for r in got] or [dict(note=f"{st['step']}: {st['status']} {st['detail']}".strip())]
+    if rows:
+        write_csv(out_dir / 'train_loop.csv', rows, LOOP_COLUMNS)
+        for r in rows:
+            speed = f"{float(r['train_samples_per_sec']):>10,.0f} img/s" if r.get('train_samples_per_sec') else \
+                f"{'-':>16}"
+            log(f"   {r.get('model', ''):10s} {r.get('runtime', ''):8s} {r.get('compile_mode', ''):16s} {speed}  "
+                f"start-up {r.get('startup_s') or '-'} s  ({r['note']})")
+
+
+def _read_rows(path: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
 
 
 # ---- CLI --------------------------------------------------------------------------------
@@ -780,7 +993,22 @@ def get_parser() -> argparse.ArgumentParser:
     mode.add_argument('--layer-bench', action='store_true', help='QuadraticConv2d vs nn.Conv2d on the CIFAR ResNet shapes')
     mode.add_argument('--cifar-train', action='store_true', help='training img/s through the CIFAR training pipeline')
     mode.add_argument('--profile', action='store_true', help='torch.profiler kernel times of one CIFAR training step')
+    mode.add_argument('--train-loop', action='store_true',
+                      help="training img/s in the recipes' own loop (qzoo.engine), eager or compiled")
+    mode.add_argument('--share', type=int, metavar='K',
+                      help='total training img/s of K runs of one recipe on one device: K processes vs one process')
     mode.add_argument('--suite', choices=['gpu'], help='every GPU measurement within --budget-s into --results-dir')
+    p.add_argument('--recipes', nargs='+', default=list(LOOP_RECIPES.values()),
+                   help='--train-loop / --share (the first): recipe files (default: the CIFAR resnet20 and qresnet20 '
+                        'w16 recipes of the checkout)')
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                   help='--train-loop / --share: a recipe override (repeatable)')
+    p.add_argument('--loop-images', type=int, default=None,
+                   help='--train-loop / --share: epochs of this many training images (default: the whole split)')
+    p.add_argument('--stack-x-terms', action='store_true',
+                   help='run the quadratic terms that read x as one call on CUDA (qzoo.layers.STACK_X_TERMS_ON_CUDA)')
+    p.add_argument('--share-worker', default=None, help=argparse.SUPPRESS)  # one run of a --share measurement
+    p.add_argument('--share-index', type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument('--models', nargs='+', default=['resnet20', 'qresnet20'], help='qzoo/timm model names')
     p.add_argument('--model-args', nargs='*', default=[], metavar='KEY=VALUE', help='e.g. neuron=qres width=12')
     p.add_argument('--ratio-to', nargs='+', default=None, metavar='MODEL=REF',
@@ -822,6 +1050,8 @@ def main(argv: Optional[Sequence[str]] = None, log: Optional[Callable[[str], Non
     """Run the benchmark of ``argv``; returns the exit status."""
     args = get_parser().parse_args(argv)
     log = log or (lambda s: print(s, flush=True))
+    if args.share_worker:
+        return run_share_worker(args)
     if args.suite:
         return run_suite(args, log)
     run(args, log)
@@ -845,27 +1075,29 @@ def setup(args, log) -> torch.device:
 def run(args, log) -> List[Dict[str, object]]:
     device = setup(args, log)
     mode = ('layers' if args.layer_bench else 'cifar-train' if args.cifar_train else 'profile' if args.profile
-            else 'models')
+            else 'train-loop' if args.train_loop else 'share' if args.share is not None else 'models')
+    if mode == 'share' and args.share < 1:
+        raise SystemExit(f'--share takes the number of runs side by side (>= 1), got {args.share}')
     if args.batch_size is None:
-        args.batch_size = {'layers': 128, 'cifar-train': 512, 'profile': 512, 'models': 256}[mode]
+        args.batch_size = {'layers': 128, 'cifar-train': 512, 'profile': 512, 'models': 256}.get(mode)
     if args.min_time is None:
         args.min_time = 0.3 if mode == 'layers' else 1.0
     check_runtimes(args, device)
     ratio_refs(args)  # a bad --ratio-to fails before anything is built
+    batch = args.batch_size or "the recipe's"
     log(f'# {mode} on {device} ({device_name(device)}), torch {torch.__version__}, '
-        f'threads {torch.get_num_threads() if device.type == "cpu" else "-"}, batch {args.batch_size}, '
+        f'threads {torch.get_num_threads() if device.type == "cpu" else "-"}, batch {batch}, '
         f'{args.amp or "float32"}, channels_last={args.channels_last}, runtimes {args.runtimes}, rounds {args.rounds}')
     out = Path(args.results_file) if args.results_file else Path.cwd() / 'results' / f'benchmark-{mode}-{device.type}.csv'
     check_target(out)  # an unusable CSV path is refused before anything is measured
+    benches = {'layers': bench_layers, 'profile': bench_profile, 'cifar-train': bench_cifar_train,
+               'train-loop': bench_train_loop, 'share': bench_share}
     try:
-        if mode == 'layers':
-            rows = bench_layers(args, device, log, out)
-        elif mode == 'profile':
-            rows = bench_profile(args, device, log, out)
-        elif mode == 'cifar-train':
-            rows = bench_cifar_train(args, device, log, out)
-        else:
-            rows = bench_models(args, device, log, out, MODEL_COLUMNS)
+        with stacking(args.stack_x_terms):
+            if mode == 'models':
+                rows = bench_models(args, device, log, out, MODEL_COLUMNS)
+            else:
+                rows = benches[mode](args, device, log, out)
     finally:
         if 'compiled' in args.runtimes:
             torch._dynamo.reset()

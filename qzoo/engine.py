@@ -25,6 +25,7 @@ On resume the log is cut back to the checkpoint's epoch.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -67,6 +68,12 @@ CKPT, BEST, LOG, LOCK, MONITOR = 'last.ckpt', 'best.safetensors', 'log.jsonl', '
 RUN_FILES = ('model.safetensors', 'config.json', 'README.md', 'results.json', 'recipe.yaml', LOG, MONITOR, CKPT, BEST)
 #: the files that hold a run's training: a folder with one of them holds a run that a new run would overwrite
 TRAINED = ('results.json', 'model.safetensors', CKPT, BEST)
+#: the torch.compile mode of ``compile: auto`` on CUDA, the mode ``qzoo bench --suite gpu`` is to measure fastest
+#: (docs/speed.md). Chosen before any GPU measurement of it: the H200 profile of the eager step shows the GPU idle
+#: for more than half of each step (kernel launches), which CUDA graphs remove
+CUDA_COMPILE_MODE = 'reduce-overhead'
+#: the torch.compile modes that replay CUDA graphs (each training step then marks its start for them)
+CUDAGRAPH_MODES = ('reduce-overhead', 'max-autotune')
 CKPT_KEYS = ('model', 'optimizer', 'scheduler', 'epoch', 'best', 'best_epoch', 'rng', 'recipe_sha256', 'wall_time_s')
 
 
@@ -316,6 +323,7 @@ class _Setup:
     macs: int
     sample_shape: Tuple[int, ...]
     monitor: Optional[StepMonitor] = None  # recipe.monitor_every: per-step diagnostics into monitor.jsonl
+    compile_mode: Optional[str] = None     # the torch.compile mode ``net`` runs in (None: not compiled)
 
     def evaluate(self, loader) -> Dict[str, float]:
         return evaluate(self.model, loader, self.ds.task, self.ds.num_classes, self.device, self.amp_dtype)
@@ -329,10 +337,11 @@ def _smoke_slice(split, n: Optional[int]):
     return type(split)(split.x[idx], split.y[idx])
 
 
-def _data(r: Recipe, dist: Dist, device: torch.device, smoke: bool):
-    """The dataset (a smoke slice of it with ``smoke``) and its train / val / test loaders."""
+def _data(r: Recipe, dist: Dist, device: torch.device, smoke: bool, data=None):
+    """The dataset (a smoke slice of it with ``smoke``) and its train / val / test loaders. ``data``: the recipe's
+    dataset loaded already (it is not changed)."""
     from .data import BatchLoader, load_dataset
-    ds = load_dataset(r.data, **r.data_args)
+    ds = load_dataset(r.data, **r.data_args) if data is None else copy.copy(data)
     ds.require_samples(('train', 'val', 'test'), 'a run trains on train, selects its published epoch on val and '
                                                  'scores it once on test')
     if smoke:
@@ -361,16 +370,30 @@ def _lr_lambda(r: Recipe, steps_per_epoch: int):
 
 
 def _optimizer(r: Recipe, model: nn.Module, steps_per_epoch: int):
+    """SGD or AdamW over the ReLinear groups (torch's fused kernels when the model is on CUDA; the CPU keeps torch's
+    default implementation) and the learning-rate schedule."""
     groups = param_groups(model, r.lr, r.weight_decay, r.quad_lr_scale, r.quad_weight_decay)
+    impl = {'fused': True} if next(model.parameters()).is_cuda else {}
     if r.optimizer == 'sgd':
-        opt = torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov)
+        opt = torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov, **impl)
     else:
-        opt = torch.optim.AdamW(groups, lr=r.lr, betas=tuple(r.betas))
+        opt = torch.optim.AdamW(groups, lr=r.lr, betas=tuple(r.betas), **impl)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(r, steps_per_epoch))
 
 
-def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool) -> _Setup:
-    """Seed, backends, data, model, optimiser and schedule, in the order that fixes the RNG stream."""
+def _compile_mode(r: Recipe, device: torch.device) -> Optional[str]:
+    """The torch.compile mode a run of ``r`` trains in on ``device`` (None: not compiled)."""
+    if r.compile is False or (r.compile == 'auto' and device.type != 'cuda'):
+        return None
+    return CUDA_COMPILE_MODE if r.compile == 'auto' else 'default' if r.compile is True else r.compile
+
+
+def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool, compile_backend: str = 'inductor',
+           data=None) -> _Setup:
+    """Seed, backends, data, model, optimiser and schedule, in the order that fixes the RNG stream. The model is
+    compiled with static shapes (the training batches have one shape); ``compile_backend`` other than inductor
+    (tests, the benchmark's CPU smoke run) ignores the mode. ``data``: the recipe's dataset, loaded already (the
+    benchmark sets up many runs of one dataset)."""
     import qzoo
     if r.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -379,7 +402,7 @@ def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool) -> _Setup:
     elif device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(r.seed)
-    ds, train_loader, val_loader, test_loader = _data(r, dist, device, smoke)
+    ds, train_loader, val_loader, test_loader = _data(r, dist, device, smoke, data)
     model = qzoo.create_model(r.model, num_classes=ds.num_classes, in_chans=ds.in_shape[0], **r.model_args)
     sample_shape = (1, *ds.in_shape)
     params, macs = count_params(model), count_macs(model, sample_shape)
@@ -391,12 +414,14 @@ def _build(r: Recipe, dist: Dist, device: torch.device, smoke: bool) -> _Setup:
     net = model
     if dist.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    if r.compile:
-        net = torch.compile(net)
+    mode = _compile_mode(r, device)
+    if mode is not None:
+        kw = dict(mode=None if mode == 'default' else mode) if compile_backend == 'inductor' else {}
+        net = torch.compile(net, dynamic=False, backend=compile_backend, **kw)
     amp_dtype = torch.bfloat16 if (r.amp == 'bf16' or (r.amp == 'auto' and device.type == 'cuda')) else None
     monitor = StepMonitor(model, r.monitor_every) if r.monitor_every and dist.main else None
     return _Setup(r, dist, device, ds, train_loader, val_loader, test_loader, model, net, opt, sched,
-                  loss_fn(ds.task, r.label_smoothing), amp_dtype, cl, params, macs, sample_shape, monitor)
+                  loss_fn(ds.task, r.label_smoothing), amp_dtype, cl, params, macs, sample_shape, monitor, mode)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -522,7 +547,10 @@ def _restore(s: _Setup, run: RunDir, sha: str) -> _Progress:
                               f'{s.recipe.epochs - 1}. ' + _CKPT_FIX.format(path=path))
     try:
         s.model.load_state_dict(state['model'])
+        impl = [{k: g[k] for k in ('fused', 'foreach') if k in g} for g in s.opt.param_groups]
         s.opt.load_state_dict(state['optimizer'])
+        for group, kept in zip(s.opt.param_groups, impl):  # this device's implementation, not the saving one's
+            group.update(kept)
         s.sched.load_state_dict(state['scheduler'])
         _set_rng_state(state['rng'], s.device)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
@@ -583,6 +611,29 @@ def _check_finite(s: _Setup, run: RunDir, loss_sum: torch.Tensor, epoch: int, st
             f'Fix: lower lr or quad_lr_scale, set grad_clip, or check the data; then {then}')
 
 
+def _forward_backward(s: _Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The first half of a training step: the loss of batch (x, y) and its gradients. Neither half synchronises
+    with the device (the non-finite check runs every ``nan_check_every`` steps), so that a CUDA step is queued
+    while the previous one runs, and CUDA graphs (compile modes in CUDAGRAPH_MODES) replay without waiting."""
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if s.compile_mode in CUDAGRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+    with autocast(s.device, s.amp_dtype):
+        loss = s.loss(s.net(x), y)
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+
+def _update(s: _Setup) -> None:
+    """The second half of a training step: clip, the optimiser's step and the schedule's."""
+    if s.recipe.grad_clip:
+        nn.utils.clip_grad_norm_(s.model.parameters(), s.recipe.grad_clip)
+    s.opt.step()
+    s.sched.step()
+
+
 def _train_epoch(s: _Setup, run: RunDir, epoch: int) -> Tuple[float, int, float, List[Dict[str, Any]]]:
     """One epoch of training; returns (mean training loss, samples seen on this rank, seconds, the monitor's
     records)."""
@@ -594,20 +645,12 @@ def _train_epoch(s: _Setup, run: RunDir, epoch: int) -> Tuple[float, int, float,
     _sync(s.device)
     t0 = time.time()
     for i, (x, y) in enumerate(s.train_loader):
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if s.monitor is not None:
             s.monitor.arm(step)
-        with autocast(s.device, s.amp_dtype):
-            loss = s.loss(s.net(x), y)
-        s.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = _forward_backward(s, x, y)
         if s.monitor is not None:
             watched += filter(None, [s.monitor.collect(epoch, step, loss, s.opt.param_groups[0]['lr'])])
-        if s.recipe.grad_clip:
-            nn.utils.clip_grad_norm_(s.model.parameters(), s.recipe.grad_clip)
-        s.opt.step()
-        s.sched.step()
+        _update(s)
         loss_sum += loss.detach().float()
         n_seen += len(x)
         step += 1
@@ -687,6 +730,7 @@ def _results(s: _Setup, selected_epoch: int, wall: float, smoke: bool, recipe_pa
         seed=r.seed, wall_time_s=wall, device=_device_name(s.device), world_size=s.dist.world_size,
         torch=torch.__version__, timm=timm.__version__, qzoo=__version__, code=code_identity(),
         amp=str(s.amp_dtype).replace('torch.', '') if s.amp_dtype is not None else 'off', channels_last=s.channels_last,
+        compile=s.compile_mode or 'off',
         recipe=recipe_path or '', recipe_sha256=r.sha256(),
         data=dict(splits={k: len(getattr(ds, k).x) for k in ('train', 'val', 'test')}), smoke=smoke,
     )

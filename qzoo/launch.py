@@ -48,6 +48,9 @@ runs/smoke/):
     neurons-sweep   quad_lr_scale 1e-3, 1e-2, 1e-1 for the 6 families with ReLinear groups, 10 epochs
     quadratic-auto  quad-sweep, then quadratic with the sweep's quad_lr_scale (best validation top-1
                     among its finite runs, i.e. no NaN/inf outputs)
+    speed           the GPU benchmark suite FIRST (--bench-s seconds), then qresnet20 w16 and resnet20 for
+                    10 epochs with compile false and auto, seeds 0 and 1 (8 runs, packed without weights, cut
+                    from the end); docs/speed.md
     neurons-auto    neurons-sweep, then neurons, each family with its own best scale (a family without
                     a finite sweep run, and linear / power, keep their recipe's)
 
@@ -58,11 +61,13 @@ A device call is ``--preset NAME --deadline-s S --out DIR``: S is the seconds th
 DIR the folder whose files come back. The stages get ``--fit-in`` so that training ends ``--bench-s``
 seconds (default 100) before the deadline (an -auto preset's sweep gets 30% of the time, its final
 stage the rest). Then, when CUDA is available, the checkout's CUDA correctness tests run
-(``python -m pytest -q tests/test_layers.py tests/test_data.py -k cuda``, for at most 120 s and
-half of the time left; their output goes into session.log, and a failure is reported there and in
-the exit status while the call goes on); then, with time left, the GPU benchmark suite runs as
-``qzoo bench --suite gpu --budget-s <seconds left> --results-dir DIR/bench`` (with ``--smoke``, the
-suite's own --smoke: the same steps on the CPU, tiny). Finally everything in DIR but the stage packs (session.log,
+(``python -m pytest -q tests/test_layers.py tests/test_data.py tests/test_engine.py -k cuda``, for at
+most 120 s and half of the time left; their output goes into session.log, and a failure is reported
+there and in the exit status while the call goes on); then, with time left, the GPU benchmark suite
+runs as ``qzoo bench --suite gpu --budget-s <seconds left> --results-dir DIR/bench`` (with ``--smoke``,
+the suite's own --smoke: the same steps on the CPU, tiny). The ``speed`` preset runs the suite first
+instead, with ``--bench-s`` seconds, and keeps TESTS_AFTER_S seconds after training for the CUDA
+tests. Finally everything in DIR but the stage packs (session.log,
 choice.json, environment, benchmark results and log) is packed into DIR/logs.tar.gz: DIR ends with
 at most 8 files. A failed benchmark is reported in session.log and the exit status; the training
 packs are kept. The full CIFAR data must travel with the call: copy ../shared/data/cifar10-jpeg75.npz
@@ -105,7 +110,8 @@ CUDA_TESTS_S = 120    # the CUDA correctness tests of a device call are stopped 
 TRAIN = ['-m', 'qzoo_cli', 'train']
 BENCHMARK = ['-m', 'qzoo_cli', 'bench']
 CUDA_TESTS = ['-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/test_layers.py', 'tests/test_data.py',
-              '-k', 'cuda']
+              'tests/test_engine.py', '-k', 'cuda']
+TESTS_AFTER_S = 60    # a benchmark-first preset keeps this long after training for the CUDA tests
 NOT_PACKED = ('.ckpt', '.tmp', '.lock')
 
 
@@ -542,6 +548,7 @@ class Preset:
     final: Stage
     sweep: Optional[Stage] = None       # a quad_lr_scale validation sweep run first
     choice_from: Optional[str] = None   # the swept recipe whose choice every final run takes (None: each its own)
+    bench_first: bool = False           # the benchmark suite (--bench-s) runs before training, not after it
 
 
 def _cifar(*names) -> Tuple[str, ...]:
@@ -585,11 +592,15 @@ _STAGES = {
                    ('seed=1,2',), fit='drop'),
     'neurons-sweep': Stage('neurons-sweep', _cifar(*(f'neurons/{n}' for n in FAMILIES)), ('epochs=10',),
                            ('quad_lr_scale=1e-3,1e-2,1e-1',), weights=False),
+    # docs/speed.md: the CUDA defaults (fused optimizer) eager and with compile: auto, 10 epochs, two seeds each
+    'speed': Stage('speed', _cifar('qresnet20-w16', 'resnet20'), ('epochs=10',), ('seed=0,1', 'compile=false,auto'),
+                   weights=False, fit='drop'),
 }
 PRESETS = {
     **{name: Preset(stage) for name, stage in _STAGES.items()},
     'quadratic-auto': Preset(_STAGES['quadratic'], _STAGES['quad-sweep'], choice_from=_cifar('qresnet20-w16')[0]),
     'neurons-auto': Preset(_STAGES['neurons'], _STAGES['neurons-sweep']),
+    'speed': Preset(_STAGES['speed'], bench_first=True),
 }
 
 
@@ -813,10 +824,10 @@ def pack_logs(out: Path) -> Path:
     return dest
 
 
-def _after_training(a, s: _Session, deadline: Optional[float]) -> int:
-    """The CUDA tests (at most half of the time left before the deadline), then, with a deadline and ``--bench-s``,
-    the benchmark suite with the rest; returns the benchmark's exit status (0 when it did not run). A failure of
-    the tests is recorded in ``s.failed``."""
+def _after_training(a, s: _Session, deadline: Optional[float], bench: bool = True) -> int:
+    """The CUDA tests (at most half of the time left before the deadline), then, with a deadline, ``--bench-s`` and
+    ``bench``, the benchmark suite with the rest; returns the benchmark's exit status (0 when it did not run). A
+    failure of the tests is recorded in ``s.failed``."""
     def left() -> float:
         return deadline - time.time() - PACK_S
     limit = min(CUDA_TESTS_S, left() / 2) if deadline else CUDA_TESTS_S
@@ -824,7 +835,7 @@ def _after_training(a, s: _Session, deadline: Optional[float]) -> int:
         s.say(f'CUDA tests skipped: {left():.0f}s left')
     elif run_cuda_tests(s.out, s.say, limit) not in (None, 0):
         s.failed.append('CUDA tests')
-    if not deadline or a.bench_s <= 0:
+    if not deadline or a.bench_s <= 0 or not bench:
         return 0
     if left() < 10:
         s.say(f'benchmark skipped: {left():.0f}s left')
@@ -836,7 +847,8 @@ def device_call(a) -> int:
     """A preset as one device call (see the module doc); 0 when every run and the benchmark succeeded."""
     t_start = time.time()
     deadline = t_start + a.deadline_s if a.deadline_s else None
-    train_deadline = deadline - a.bench_s - PACK_S if deadline else None
+    first = PRESETS[a.preset].bench_first and a.bench_s > 0
+    train_deadline = deadline - (TESTS_AFTER_S if first else a.bench_s) - PACK_S if deadline else None
     runs_base = Path(a.runs_dir or ('runs/smoke' if a.smoke else 'runs'))
     s = _Session(Path(a.out), runs_base, a.smoke, a.parallel, a.set, train_deadline, a.resume)
     s.say(f'preset {a.preset}' + (f', deadline in {a.deadline_s:.0f}s' if deadline else '') + (' (smoke)' if a.smoke
@@ -846,8 +858,10 @@ def device_call(a) -> int:
         _use_repo_data(s.say)
         _environment(s.out, s.say)
         _decode_once(PRESETS[a.preset], s.say)
+        if first:
+            bench_rc = run_benchmark(s.out, a.bench_s, s.say, a.smoke)
         run_preset(a.preset, s)
-        bench_rc = _after_training(a, s, deadline)
+        bench_rc = _after_training(a, s, deadline, bench=not first) or bench_rc
     except Exception as e:  # a device call packs what it has whatever happened; the error is in session.log
         s.say(f'error: {type(e).__name__}: {e}')
         s.failed.append(type(e).__name__)

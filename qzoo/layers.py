@@ -6,7 +6,8 @@ for ``fan``), so every tensor is a submodule's ``.weight`` / ``.bias``.
 
 The forward squares the input once when a term needs ``x*x``, calls each term
 module on its input, and hands the outputs to the family's ``combine``
-(:meth:`qzoo.neurons.NeuronFamily.combine`): plain torch calls under autograd,
+(:meth:`qzoo.neurons.NeuronFamily.combine`; on CUDA, with :data:`STACK_X_TERMS_ON_CUDA`,
+the terms that read ``x`` are one call on their stacked weights): plain torch calls under autograd,
 so autocast, channels_last, ``torch.compile(fullgraph=True)``, ``torch.fx``
 symbolic tracing, ``torch.jit.trace`` and ``torch.export`` all see ordinary
 convolutions and elementwise ops. The input checks (type, dtype, shape) run in
@@ -22,6 +23,7 @@ import warnings
 from typing import Dict, Iterable, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 try:  # true for fx.symbolic_trace only, not for torch.export / torch.compile
@@ -30,6 +32,12 @@ except ImportError:  # pragma: no cover - torch versions without it
     from torch.fx._symbolic_trace import is_fx_tracing as _fx_tracing
 
 from .neurons import NeuronFamily, NeuronSpec, get_neuron
+
+#: On CUDA, the terms that read ``x`` (fan's r and g) run as ONE convolution / matmul on their weights concatenated
+#: along the output channels, whose output is then split (one launch reading ``x`` once, fuller tiles for narrow
+#: layers); groups == 1, not transposed. Off until the GPU benchmark measures it faster (docs/speed.md). The CPU
+#: always calls each term, so CPU results stay bit-identical to those of the published runs.
+STACK_X_TERMS_ON_CUDA = False
 
 __all__ = [
     'QuadraticLayer', 'QuadraticLinear', 'QuadraticConv1d', 'QuadraticConv2d',
@@ -102,6 +110,9 @@ class QuadraticLayer(nn.Module):
         #: (term name, submodule name, whether the term reads x*x), in term order
         self._calls = tuple((t.name, f'{self.prefix}_{t.name}', t.input == 'sq') for t in self.neuron.terms)
         self._squares = any(sq for _, _, sq in self._calls)
+        x_terms = tuple(attr for _, attr, sq in self._calls if not sq)
+        #: the x terms that STACK_X_TERMS_ON_CUDA runs as one call (empty: never stacked)
+        self._stack = x_terms if len(x_terms) > 1 and groups == 1 and not getattr(self, '_transposed', False) else ()
         self.reset_quadratic_(init)
 
     # ---- structure --------------------------------------------------------------
@@ -166,9 +177,23 @@ class QuadraticLayer(nn.Module):
             self._check_dtype(x)
             self._check_input(x)
         sq = x * x if self._squares else None
-        out = {name: self._call_term(self._modules[attr], sq if on_sq else x, output_size)
-               for name, attr, on_sq in self._calls}
+        stacked = self._stack and STACK_X_TERMS_ON_CUDA and x.is_cuda and not recording_graph()
+        out = self._stacked(x) if stacked else {}
+        out.update({name: self._call_term(self._modules[attr], sq if on_sq else x, output_size)
+                    for name, attr, on_sq in self._calls if name not in out})
         return self.neuron.combine(out, -self._nd - 1, self._bias_of)
+
+    def _stacked(self, x: Tensor) -> Dict[str, Tensor]:
+        """The outputs of the terms in ``_stack`` from one call on their stacked weights (see STACK_X_TERMS_ON_CUDA);
+        a term without a bias contributes zeros to the stacked bias."""
+        mods = [self._modules[attr] for attr in self._stack]
+        w = torch.cat([m.weight for m in mods])
+        b = None
+        if any(m.bias is not None for m in mods):
+            b = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in mods])
+        y = F.linear(x, w, b) if isinstance(self._ref, nn.Linear) else self._ref._conv_forward(x, w, b)
+        parts = y.split([m.weight.shape[0] for m in mods], dim=-self._nd - 1)
+        return dict(zip((name for name, attr, _ in self._calls if attr in self._stack), parts))
 
     def forward(self, x: Tensor) -> Tensor:
         return self._forward(x)

@@ -43,7 +43,8 @@ __all__ = ['Recipe', 'load_recipe', 'recipe_help', 'override_tag', 'RecipeError'
 @dataclass(frozen=True)
 class _Spec:
     """A field's type (``kind``), range and doc."""
-    kind: str                   # str | int | float | bool | bool_or_auto | choice | mapping | betas | device | smoke
+    kind: str                   # str | int | float | bool | bool_or_auto | compile | choice | mapping | betas | device
+                                # | smoke
     doc: str
     lo: Optional[float] = None
     hi: Optional[float] = None
@@ -59,6 +60,7 @@ class _Spec:
         """What a valid value looks like, in words."""
         base = {'int': 'a whole number', 'float': 'a number', 'bool': 'true or false (a YAML boolean, unquoted)',
                 'bool_or_auto': "true, false or 'auto'", 'mapping': 'a mapping', 'str': 'a name',
+                'compile': "true, false, 'auto' or a torch.compile mode (" + ', '.join(map(repr, COMPILE_MODES)) + ')',
                 'device': "'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:<index>'",
                 'betas': 'two numbers in [0, 1)', 'smoke': 'a mapping'}.get(self.kind, '')
         if self.kind == 'choice':
@@ -81,6 +83,9 @@ def _f(default, doc: str, kind: str, **range_):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
 
+
+#: the modes of ``torch.compile`` a recipe's ``compile`` may name ('reduce-overhead' and 'max-autotune' use CUDA graphs)
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 SMOKE_SPEC: Dict[str, _Spec] = {
     'train': _Spec('int', 'training samples kept (a seeded random subset; null: all)', lo=1, nullable=True),
@@ -125,7 +130,9 @@ class Recipe:
     amp: str = _f('auto', 'autocast: auto (bf16 on CUDA, off on the CPU), bf16 or off', 'choice',
                   choices=('auto', 'bf16', 'off'))
     channels_last: Any = _f('auto', 'channels_last memory format (auto: on CUDA, for images)', 'bool_or_auto')
-    compile: bool = _f(False, 'torch.compile the model', 'bool')
+    compile: Any = _f(False, "torch.compile the model: true (every device, torch's default mode), a mode name (every "
+                             "device, that mode), 'auto' (on CUDA only, in the mode qzoo measured fastest: "
+                             'qzoo.engine.CUDA_COMPILE_MODE) or false', 'compile')
     seed: int = _f(0, 'seed of initialisation, data order and augmentation', 'int', lo=0, hi=2 ** 64 - 1)
     deterministic: bool = _f(False, 'deterministic algorithms (slower on CUDA)', 'bool')
     device: str = _f('auto', 'device (auto: cuda when available)', 'device')
@@ -193,7 +200,8 @@ def _unknown_key(key: str, valid: Sequence[str], where: str, prefix: str = '') -
 
 
 def _bad(key: str, spec: _Spec, value, where: str) -> RecipeError:
-    got = f'{value!r}' + (' (a string)' if isinstance(value, str) and spec.kind in ('bool', 'bool_or_auto') else '')
+    got = f'{value!r}' + (' (a string)' if isinstance(value, str) and spec.kind in ('bool', 'bool_or_auto', 'compile')
+                          else '')
     return RecipeError(f'{where}: {key} must be {spec.want()}, got {got} ({key}: {spec.doc})')
 
 
@@ -222,6 +230,9 @@ def _check_value(key: str, spec: _Spec, value, where: str):
             return value
     elif kind == 'bool_or_auto':
         if isinstance(value, bool) or value == 'auto':
+            return value
+    elif kind == 'compile':
+        if isinstance(value, bool) or value == 'auto' or value in COMPILE_MODES:
             return value
     elif kind == 'choice':
         if key == 'amp' and value is False:  # YAML 1.1 reads an unquoted `off` as false

@@ -33,6 +33,7 @@ LAYERS = [
     ('stats', 'evaluation'),                   # evaluation and its uncertainty
     ('curves',),                               # the zoo's curves: groups, intervals, frontiers, the Pareto plot
     ('efficiency', 'publish', 'export', 'comparison'),   # the zoo's jobs (make eval, publish, export, qzoo compare)
+    ('trainspeed',),                           # training speed in the recipes' own loop
     ('benchmark', 'launch'),                   # the tools that measure (exported models too) and run them
     ('cli',),                                  # the command line: list, info, cards
 ]

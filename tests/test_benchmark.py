@@ -15,6 +15,7 @@ import torch
 import procs
 import qzoo
 import qzoo.benchmark as bench
+from conftest import need_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--device', 'cpu', '--threads', '1', '--batch-size', '2', '--min-time', '0.005', '--rounds', '2',
@@ -207,40 +208,99 @@ def test_default_results_file_is_under_the_current_directory(tmp_path, monkeypat
     assert (tmp_path / 'results' / 'benchmark-layers-cpu.csv').is_file()
 
 
+LOOP_STEPS = ['loop_resnet20_eager', 'loop_qresnet20_eager', 'loop_resnet20_compiled', 'loop_qresnet20_compiled',
+              'loop_resnet20_cudagraphs', 'loop_qresnet20_cudagraphs']
+
+
+@pytest.mark.slow
 def test_gpu_suite_smoke_writes_every_step(tmp_path):
+    need_shared('data', 'cifar10-jpeg75.npz')  # the recipe loop trains on the CIFAR training split
     out = tmp_path / 'suite'
-    assert bench.main(['--suite', 'gpu', '--smoke', '--budget-s', '900', '--results-dir', str(out)]) == 0
+    assert bench.main(['--suite', 'gpu', '--smoke', '--budget-s', '3000', '--results-dir', str(out)]) == 0
     _, steps = _read(out / 'suite.csv')
     assert [s['step'] for s in steps] == [name for name, _, _ in bench.SUITE]
     assert all(s['status'] == 'ok' for s in steps), steps
     for name, _, _ in bench.SUITE:
         header, rows = _read(out / f'{name}.csv')
         assert rows, name
-        if name.startswith('cifar_train'):
-            assert {r['model'] for r in rows} == {'resnet8', 'qresnet8'} and all(r['bench'] == 'cifar-train' for r in rows)
-            compiled = name in ('cifar_train_compiled', 'cifar_train_cudagraphs')
-            assert all(r['compiled'] == str(compiled) and r['runtime'] == ('compiled' if compiled else 'eager')
-                       for r in rows)
-            assert all(r['channels_last'] == str(not name.endswith('nchw')) for r in rows)
+        if name.startswith('loop_'):
+            assert header == bench.LOOP_COLUMNS and len(rows) == 1 and float(rows[0]['train_samples_per_sec']) > 0
+            assert rows[0]['model'] == ('qresnet8' if 'qresnet' in name else 'resnet8')
+            assert rows[0]['runtime'] == ('eager' if 'eager' in name else 'compiled')
+            assert rows[0]['compile_mode'] == {'eager': '', 'compiled': 'default', 'cudagraphs': 'reduce-overhead'}[
+                name.split('_')[2]]
+        if name.startswith('share_'):
+            assert [r['arrangement'] for r in rows] == ['alone', 'processes', 'one-process']
+            assert [r['runs'] for r in rows] == ['1', '2', '2'] and all(float(r['total_img_s']) > 0 for r in rows)
+    _, loop = _read(out / 'train_loop.csv')
+    assert [r['note'].split(':')[0] for r in loop] == [n for n, _, _ in bench.SUITE if n.startswith('loop_')]
     assert _read(out / 'profile_kernels.csv')[0] == bench.PROFILE_COLUMNS
     env = json.loads((out / 'env.json').read_text())
-    assert env['smoke'] is True and env['torch'] == torch.__version__ and env['budget_s'] == 900
+    assert env['smoke'] is True and env['torch'] == torch.__version__ and env['budget_s'] == 3000
 
 
 def test_gpu_suite_full_arguments():
-    """Without --smoke every step runs on CUDA in bf16 with the CIFAR models of gpu_bench.sh."""
+    """Without --smoke every step runs on CUDA; the recipe-loop steps train the recipes of the checkout."""
+    from qzoo.trainspeed import LOOP_RECIPES
     parse = bench.get_parser().parse_args
     steps = {name: parse(bench.suite_argv(a, False, Path('x.csv'))) for name, _, a in bench.SUITE}
+    assert list(steps)[:6] == LOOP_STEPS
     for name, args in steps.items():
         assert args.device == 'cuda' and args.amp == 'bf16' and args.results_file == 'x.csv', name
-        assert args.rounds == 3 and args.warmup == 10
-    assert steps['cifar_train_eager'].models == ['resnet20', 'resnet56', 'qresnet20']
-    assert steps['cifar_train_eager'].cifar_train and steps['cifar_train_eager'].channels_last
-    assert not steps['cifar_train_eager_nchw'].channels_last
-    assert steps['cifar_train_compiled'].runtimes == ['compiled'] and steps['cifar_train_compiled'].compile_mode is None
-    assert steps['cifar_train_cudagraphs'].compile_mode == 'reduce-overhead'
+        assert (args.rounds, args.min_time) == ((2, 1.0) if name.startswith('loop_') else (3, args.min_time)), name
+    for name in LOOP_STEPS:
+        args = steps[name]
+        assert args.train_loop and args.recipes == [LOOP_RECIPES[name.split('_')[1]]] and args.set == []
+        assert args.runtimes == ['eager' if name.endswith('eager') else 'compiled']
+        assert args.compile_mode == ('reduce-overhead' if name.endswith('cudagraphs') else None)
+        assert not args.stack_x_terms and (ROOT / args.recipes[0]).is_file()
+    assert steps['loop_qresnet20_cudagraphs_stacked'].stack_x_terms
+    assert steps['share_eager'].share == 4 and steps['share_eager'].loop_images == 10240
+    assert steps['share_cudagraphs'].compile_mode == 'reduce-overhead'
     assert steps['profile_kernels'].profile and steps['profile_kernels'].models == ['resnet20', 'qresnet20']
     assert steps['layers'].layer_bench and steps['layers'].batch_size == 512 and steps['models'].batch_size == 512
+    smoke = parse(bench.suite_argv(dict((n, a) for n, _, a in bench.SUITE)['share_eager'], True, Path('x.csv')))
+    assert smoke.share == 2 and smoke.set == ['model=qresnet8', 'batch_size=16'] and smoke.device == 'cpu'
+
+
+def _fake_suite(tmp_path, budget, need):
+    """run_suite on a clock that only its steps move: step NAME takes need(NAME) seconds, or stops at its timeout."""
+    now, calls = [0.0], []
+
+    def step(name, argv, timeout, out_dir, log):
+        calls.append((name, now[0], timeout))
+        now[0] += min(need(name), timeout)
+        return ('ok', '') if need(name) <= timeout else ('timeout', 'ran past its time')
+    args = bench.get_parser().parse_args(['--suite', 'gpu', '--smoke', '--budget-s', str(budget), '--results-dir',
+                                          str(tmp_path)])
+    assert bench.run_suite(args, lambda s: None, clock=lambda: now[0], step=step) == 0
+    return calls, _read(tmp_path / 'suite.csv')[1], now[0]
+
+
+def test_suite_measures_the_six_loop_speeds_first_and_skips_what_does_not_fit_by_name(tmp_path):
+    order = [name for name, _, _ in bench.SUITE]
+    # every step needs more than it may have: each stops at its timeout, in order, until the budget is spent
+    calls, rows, end = _fake_suite(tmp_path / 'a', 120, lambda name: 1000.0)
+    assert [r['step'] for r in rows] == order and [c[0] for c in calls] == LOOP_STEPS
+    assert [r['status'] for r in rows] == ['timeout'] * 6 + ['skipped'] * (len(order) - 6)
+    assert all(r['detail'] == '6 s of the budget left' for r in rows[6:])  # the reserve (5% of 120 s) is kept
+    assert end == pytest.approx(114.0)
+    shares = [share for _, share, _ in bench.SUITE]
+    for (name, start, timeout), share in zip(calls, shares):
+        assert timeout >= min(share * 120, 120 - 6 - start) - 1e-9  # its share, or all that is left
+    # a realistic run (H200 eager and compile times): compiled qresnet20 overruns, the steps after it still run
+    need = dict(loop_resnet20_eager=6, loop_qresnet20_eager=10, loop_resnet20_compiled=25,
+                loop_qresnet20_compiled=60, loop_resnet20_cudagraphs=12, loop_qresnet20_cudagraphs=20)
+    calls, rows, end = _fake_suite(tmp_path / 'b', 120, lambda name: need.get(name, 4.0))
+    status = {r['step']: r['status'] for r in rows}
+    assert [status[n] for n in LOOP_STEPS] == ['ok', 'ok', 'timeout', 'timeout', 'ok', 'ok']
+    assert [c[0] for c in calls][:6] == LOOP_STEPS and end <= 114.0
+    assert status['loop_qresnet20_eager_stacked'] == 'ok' and status['models'] == 'skipped'
+    # time the six leave goes to the steps after them, in order
+    calls, rows, end = _fake_suite(tmp_path / 'c', 600, lambda name: 20.0)
+    assert [r['status'] for r in rows] == ['ok'] * len(order) and end == 20.0 * len(order)
+    _, loop = _read(tmp_path / 'c' / 'train_loop.csv')  # no step wrote a CSV: the summary says so per step
+    assert [r['note'] for r in loop] == [f'{n}: ok' for n in order if n.startswith('loop_')]
 
 
 def test_step_timeout_keeps_the_later_steps_shares():
@@ -291,3 +351,65 @@ def test_gpu_suite_without_cuda_says_so_and_exits_nonzero(tmp_path):
     assert proc.returncode != 0
     assert 'needs CUDA' in err and '--smoke' in err
     assert not out.exists() and not (tmp_path / 'results').exists()
+
+
+LOOP_TINY = ['--device', 'cpu', '--threads', '1', '--set', 'batch_size=16', '--loop-images', '32', '--min-time', '0.01',
+             '--compile-backend', 'eager']
+
+
+def test_train_loop_times_the_engines_own_epochs(tmp_path, monkeypatch):
+    """--train-loop sets a recipe up as qzoo train does and times whole epochs of engine._train_epoch: one for the
+    start-up, then --rounds steady ones; compiled means the recipe's compile value (dynamo's eager backend here)."""
+    need_shared('data', 'cifar10-jpeg75.npz')
+    from qzoo import engine
+    from qzoo.trainspeed import LOOP_RECIPES
+    epochs = []
+    real = engine._train_epoch
+    monkeypatch.setattr(engine, '_train_epoch', lambda s, run, epoch: epochs.append((s.compile_mode, epoch)) or
+                        real(s, run, epoch))
+    out = tmp_path / 'loop.csv'
+    assert bench.main(LOOP_TINY + ['--train-loop', '--recipes', LOOP_RECIPES['qresnet20'], '--set', 'model=qresnet8',
+                                   '--runtimes', 'eager', 'compiled', '--rounds', '2', '--results-file', str(out)]) == 0
+    assert epochs == [(None, 0), (None, 1), (None, 2), ('default', 0), ('default', 1), ('default', 2)]
+    header, rows = _read(out)
+    assert header == bench.LOOP_COLUMNS and [(r['runtime'], r['compile_mode']) for r in rows] == [
+        ('eager', ''), ('compiled', 'default')]
+    for r in rows:
+        assert (r['model'], r['run'], r['recipe']) == ('qresnet8', 'qresnet20-w16-cifar10-jpeg75',
+                                                        LOOP_RECIPES['qresnet20'])
+        assert (r['epochs'], r['images_per_epoch'], r['batch_size']) == ('2', '32', '16')
+        assert (r['amp'], r['channels_last'], r['optimizer'], r['stacked_x_terms']) == ('off', 'False', 'sgd', 'False')
+        assert float(r['train_samples_per_sec']) == pytest.approx(32 / float(r['epoch_s']), abs=0.06)  # rounding
+        assert float(r['startup_s']) >= 0 and float(r['first_epoch_s']) > 0 and float(r['build_s']) > 0
+    assert 'not a measurement' in rows[1]['note']
+    with pytest.raises(SystemExit, match='eager and compiled'):
+        bench.main(LOOP_TINY + ['--train-loop', '--runtimes', 'onnxruntime', '--results-file', str(out)])
+
+
+@pytest.mark.slow
+def test_share_measures_one_run_k_processes_and_k_models_in_one_process(tmp_path):
+    need_shared('data', 'cifar10-jpeg75.npz')
+    out = tmp_path / 'share.csv'
+    assert bench.main(LOOP_TINY + ['--share', '2', '--set', 'model=resnet8', '--runtimes', 'compiled',
+                                   '--min-time', '0.3', '--results-file', str(out)]) == 0
+    header, rows = _read(out)
+    assert header == bench.SHARE_COLUMNS
+    assert [(r['arrangement'], r['runs']) for r in rows] == [('alone', '1'), ('processes', '2'), ('one-process', '2')]
+    for r in rows:
+        total, per_run = float(r['total_img_s']), float(r['per_run_img_s'])
+        assert total > 0 and per_run == pytest.approx(total / int(r['runs']), rel=1e-3)
+        assert float(r['vs_alone']) == pytest.approx(total / float(rows[0]['total_img_s']), rel=1e-2)
+        assert float(r['window_s']) >= 0.3 and r['model'] == 'resnet8' and r['compile_mode'] == 'default'
+
+
+def test_share_processes_reports_a_worker_that_fails_and_leaves_none_behind(tmp_path):
+    from qzoo import trainspeed
+    pid_file = tmp_path / 'pid'
+    sleeper = f'import os, time; open({str(pid_file)!r}, "w").write(str(os.getpid())); time.sleep(600)'
+    failing = (f'import os, sys, time\nwhile not os.path.exists({str(pid_file)!r}): time.sleep(0.01)\n'
+               'print("worker cannot start"); sys.exit(3)')
+    with pytest.raises(RuntimeError, match=r'share worker 1 exited \(3\) while the workers were setting up: '
+                                           r'worker cannot start'):
+        trainspeed.share_processes(2, lambda i, folder: [sys.executable, '-c', failing if i else sleeper])
+    with pytest.raises(ProcessLookupError):  # the sleeping worker was killed (and reaped)
+        os.kill(int(pid_file.read_text()), 0)

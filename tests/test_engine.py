@@ -39,8 +39,8 @@ def test_run_writes_publishable_folder(tmp_path):
     assert list(r) == ['model', 'model_args', 'dataset', 'task', 'data_spec', 'neuron', 'params', 'macs', 'macs_input',
                        'val', 'test', 'primary_metric', 'epochs', 'selected_epoch', 'selection', 'divergence', 'seed',
                        'wall_time_s', 'device', 'world_size', 'torch', 'timm', 'qzoo', 'code', 'amp', 'channels_last',
-                       'recipe', 'recipe_sha256', 'data', 'smoke']
-    assert r['divergence'] is None and r['amp'] == 'off' and r['channels_last'] is False
+                       'compile', 'recipe', 'recipe_sha256', 'data', 'smoke']
+    assert r['divergence'] is None and r['amp'] == 'off' and r['channels_last'] is False and r['compile'] == 'off'
     assert len(r['code']['source_sha256']) == 64 and r['timm'] == timm.__version__
     assert r['dataset'].startswith('synthetic-circles') and r['params'] == res['params'] > 0 and r['macs'] > 0
     assert set(r['val']) == set(r['test']) == {'top1', 'macro_f1'}  # 2 classes: no top5
@@ -212,6 +212,76 @@ def test_train_takes_a_mapping_and_refuses_other_types(tmp_path):
         train(dict(SYN, epochs=0), tmp_path, progress=False)
     with pytest.raises(TypeError, match='needs a Recipe'):
         train('recipes/synthetic/circles-d2.yaml', tmp_path, progress=False)
+
+
+def test_compile_auto_trains_eagerly_on_the_cpu_bit_for_bit(tmp_path):
+    """compile: auto compiles on CUDA only: on the CPU a run is the uncompiled run, weight for weight."""
+    train(_cfg(select='last'), tmp_path / 'off', progress=False)
+    train(_cfg(select='last', compile='auto'), tmp_path / 'auto', progress=False)
+    a, b = _weights(tmp_path / 'off'), _weights(tmp_path / 'auto')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / 'auto' / 'results.json').read_text())['compile'] == 'off'
+
+
+@pytest.mark.slow
+def test_compiled_training_step_runs_on_the_cpu_with_inductor(tmp_path):
+    """The compiled path of the engine, with inductor (C++ code on the CPU) and a CUDA-graph mode (which marks each
+    step's start; inductor runs CPU graphs without CUDA graphs): one graph, no graph break, the eager run's weights
+    up to float rounding."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = dict(epochs=1, select='last', data_args=dict(SYN['data_args'], n_train=128))
+    train(_cfg(**cfg), tmp_path / 'eager', progress=False)
+    try:
+        train(_cfg(compile='reduce-overhead', **cfg), tmp_path / 'compiled', progress=False)
+        assert counters['stats']['unique_graphs'] == 1 and not counters['graph_break']
+    finally:
+        torch._dynamo.reset()
+    assert json.loads((tmp_path / 'compiled' / 'results.json').read_text())['compile'] == 'reduce-overhead'
+    a, b = _weights(tmp_path / 'eager'), _weights(tmp_path / 'compiled')
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_keeps_this_devices_optimizer_implementation(tmp_path, monkeypatch):
+    """A checkpoint saved by a CUDA run (fused optimizer) resumes on the CPU with the CPU's default implementation:
+    torch's load_state_dict would otherwise take the saved group's fused flag."""
+    from qzoo import engine
+    cfg = _cfg()
+    with monkeypatch.context() as m:
+        stop_after_epoch(m, 0)
+        with pytest.raises(Stop):
+            train(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / 'last.ckpt', weights_only=True)
+    for g in state['optimizer']['param_groups']:
+        g['fused'] = True
+    torch.save(state, tmp_path / 'last.ckpt')
+    s = engine._build(cfg, engine.Dist(), torch.device('cpu'), smoke=False)
+    with engine.RunDir(tmp_path) as run:
+        assert engine._restore(s, run, cfg.sha256()).start_epoch == 1
+    assert [g['fused'] for g in s.opt.param_groups] == [None] * len(s.opt.param_groups)
+    assert s.opt.state_dict()['state']  # the momentum buffers were loaded
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_training_step_never_waits_for_the_device_and_uses_the_fused_optimizer():
+    """On CUDA a step (forward, backward, clip, optimiser, schedule) makes no synchronising call, so steps queue
+    and CUDA graphs replay back to back; SGD and AdamW run torch's fused kernels."""
+    from qzoo import engine
+    for optimizer in ('sgd', 'adamw'):
+        s = engine._build(_cfg(optimizer=optimizer, grad_clip=1.0), engine.Dist(), torch.device('cuda'), smoke=False)
+        assert all(g['fused'] for g in s.opt.param_groups) and s.amp_dtype == torch.bfloat16
+        batches = list(s.train_loader)[:3]
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            for x, y in batches:
+                engine._forward_backward(s, x, y)
+                engine._update(s)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
 
 
 def _free_port():

@@ -99,6 +99,18 @@ def test_cifar_comparison_presets_keep_the_baselines_epochs():
     assert launch.PRESETS['long'].final.fit == 'deadline' and 'epochs=200' in launch.PRESETS['long'].final.sets
 
 
+def test_the_speed_preset_compares_the_cuda_defaults_eager_and_compiled_over_two_seeds(tmp_path):
+    """docs/speed.md's call: the benchmark first, then 10 epochs of qresnet20 w16 and resnet20 with compile false and
+    auto, seeds 0 and 1; the runs most needed first (a run that does not fit is dropped from the end)."""
+    p = launch.PRESETS['speed']
+    assert p.bench_first and p.sweep is None and p.final.fit == 'drop' and not p.final.weights
+    runs = launch.plan(p.final.configs, list(p.final.sets), p.final.grid, tmp_path)
+    picked = [(Path(r['config']).stem, o['seed'], o['compile']) for r in runs
+              for o in [dict(x.split('=', 1) for x in r['overrides'])]]
+    assert picked == [(m, s, c) for m in ('qresnet20-w16', 'resnet20') for s in '01' for c in ('false', 'auto')]
+    assert all('epochs=10' in r['overrides'] for r in runs) and len({r['name'] for r in runs}) == 8
+
+
 def test_fit_projection_waits_for_two_epochs_of_every_run_and_refuses_what_cannot_fit(tmp_path):
     runs = _runs(tmp_path, {'a': [T0 + 1, T0 + 2, T0 + 3], 'b': [T0 + 2]})
     fit = dict(budget_s=1, requested_epochs=50, refit=False)
@@ -458,6 +470,27 @@ def test_a_two_stage_preset_chooses_on_validation_and_packs_a_device_call(tmp_pa
         assert not any(n.endswith('model.safetensors') for n in tar.getnames())
 
 
+@pytest.mark.slow
+def test_a_benchmark_first_preset_measures_before_training_and_tests_after(tmp_path, monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    final = launch.Stage('final', (CIRCLES,), ('model=qmlp',), weights=False)
+    monkeypatch.setitem(launch.PRESETS, 'tiny-speed', launch.Preset(final, bench_first=True))
+    monkeypatch.setattr(launch, 'BENCHMARK', _fake_benchmark(tmp_path, 'print("budget", a.budget_s, a.smoke)\n'))
+    monkeypatch.setattr(launch, '_cuda_available', lambda: True)
+    monkeypatch.setattr(launch, 'CUDA_TESTS', ['-c', 'print("3 passed (stand-in)")'])
+    out = tmp_path / 'out'
+    assert launch.main(['--preset', 'tiny-speed', '--smoke', '--deadline-s', '600', '--bench-s', '200', '--out',
+                        str(out), '--runs-dir', str(tmp_path / 'runs')]) == 0
+    with tarfile.open(out / 'logs.tar.gz') as tar:
+        log = tar.extractfile('session.log').read().decode()
+        bench_log = tar.extractfile('bench.log').read().decode()
+    assert 'budget 200.0 True' in bench_log and log.count('benchmark: ') == 2  # its command and its exit, once
+    assert log.index('benchmark: exit 0') < log.index('stage final') < log.index('| 3 passed (stand-in)')
+    stage = log[log.index('stage final'):].splitlines()[0]  # training keeps TESTS_AFTER_S for the tests, not 200 s
+    assert launch.TESTS_AFTER_S < 200 - 100
+    assert float(stage.split('fitted to ')[1].rstrip('s')) > 600 - 200 - launch.PACK_S  # (100 s for what ran before)
+
+
 def _tracked_copy_without_checkpoints(dest):
     """What a device call gets (docs/gpu.md): the tracked files of the checkout, without qzoo/checkpoints/."""
     import subprocess
@@ -489,6 +522,27 @@ def test_a_cifar_preset_runs_from_the_tracked_files_without_the_published_weight
     assert all(str(copy) in r['out'] or r['out'].startswith(str(tmp_path)) for r in s['runs'])
     assert [r['overrides'][-1] for r in s['runs']] == [f'quad_lr_scale={v}' for v in ('1e-4', '1e-3', '1e-2', '1e-1')]
     assert all(r['returncode'] == 0 and r['dataset'] == 'cifar10-jpeg75' and r['epochs'] == 1 for r in s['runs'])
+
+
+@pytest.mark.slow
+def test_the_speed_call_runs_from_the_tracked_files_without_the_published_weights(tmp_path):
+    """docs/gpu.md's speed call, with --smoke: the benchmark suite's CPU run, then the 8 runs on the CPU."""
+    if not (ROOT / '.git').exists():
+        pytest.skip('needs a git checkout (the copy is made from git ls-files)')
+    data = need_shared('data', 'cifar10-jpeg75.npz')
+    copy = _tracked_copy_without_checkpoints(tmp_path / 'call')
+    out = tmp_path / 'out'
+    env = dict(procs.child_env(QZOO_DATA=str(data.parent)), PYTHONPATH='.')
+    res = procs.run([procs.PYTHON, '-m', 'qzoo_cli', 'launch', '--preset', 'speed', '--smoke', '--deadline-s', '3400',
+                     '--bench-s', '3000', '--out', str(out), '--runs-dir', str(tmp_path / 'runs')], timeout=3500,
+                    cwd=copy, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ['logs.tar.gz', 'speed.tar.gz']
+    with tarfile.open(out / 'logs.tar.gz') as tar:
+        suite = tar.extractfile('bench/suite.csv').read().decode()
+    assert suite.count(',ok,') == len(suite.splitlines()) - 1  # every step of the suite ran
+    s = json.loads((tmp_path / 'runs' / 'speed' / 'summary.json').read_text())
+    assert len(s['runs']) == 8 and all(r['returncode'] == 0 and r['epochs'] == 1 for r in s['runs'])
 
 
 def test_every_path_in_the_help_texts_exists():

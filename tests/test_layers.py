@@ -508,3 +508,63 @@ def test_cuda_matches_cpu_bf16_and_cuda_graph():
     want = torch.autograd.grad(_reference(captured, static_x).square().sum(), list(captured.parameters()))
     for p, w in zip(captured.parameters(), want):
         torch.testing.assert_close(p.grad, w, rtol=1e-3, atol=1e-3)
+
+
+# ---- the x terms stacked into one call (CUDA only: layers.STACK_X_TERMS_ON_CUDA) ---------------------------------
+@pytest.mark.parametrize('case', ['linear_3d', 'conv1d_replicate', 'conv2d', 'conv2d_same'])
+@pytest.mark.parametrize('family', FAMILIES)
+def test_stacked_x_terms_give_each_terms_output_and_gradients(case, family):
+    """The math of the stacked call, checked on the CPU (which never uses it): one call on the weights concatenated
+    along the output channels gives every x term's own output, and the same gradients."""
+    layer, x = _make(case, family)
+    x_terms = [t.name for t in layer.neuron.terms if t.input == 'x']
+    if len(x_terms) < 2:
+        assert layer._stack == ()
+        return
+    got = layer._stacked(x)
+    assert list(got) == x_terms
+    want = {name: layer.terms[name](x) for name in x_terms}
+    for name in x_terms:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-12)
+    g = [torch.randn_like(want[name]) for name in x_terms]
+    inputs = [x] + [p for name in x_terms for p in layer.terms[name].parameters()]
+    grads = [torch.autograd.grad(list(t.values()), inputs, g) for t in (got, want)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_stacking_needs_two_x_terms_one_group_and_a_forward_convolution():
+    assert QuadraticConv2d(4, 6, 3, neuron='fan')._stack == ('conv_r', 'conv_g')
+    assert QuadraticLinear(4, 6, neuron='quadralib')._stack == ('linear_a', 'linear_b', 'linear_c')
+    assert QuadraticConv2d(4, 6, 3, groups=2, neuron='fan')._stack == ()
+    assert QuadraticConvTranspose2d(4, 6, 3, neuron='fan')._stack == ()
+    assert QuadraticConv2d(4, 6, 3, neuron='fan_rb')._stack == () == QuadraticConv2d(4, 6, 3, neuron='power')._stack
+
+
+def test_the_cpu_never_stacks(monkeypatch):
+    from qzoo import layers
+    monkeypatch.setattr(layers, 'STACK_X_TERMS_ON_CUDA', True)
+
+    def stacked(self, x):
+        raise AssertionError('stacked on the CPU')
+    monkeypatch.setattr(QuadraticLayer, '_stacked', stacked)
+    layer, x = _make('conv2d', 'fan')
+    torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('family', ['fan', 'quadralib', 'qres', 'lowrank(rank=2)'])
+def test_cuda_stacked_x_terms_match_one_call_per_term(family, monkeypatch):
+    from qzoo import layers
+    layer, x = _make('conv2d', family)  # float64: no TF32 in either path
+    layer, x = layer.cuda(), x.detach().cuda().requires_grad_()
+    g = torch.randn_like(layer(x))
+    per_term = layer(x), _grads(layer(x), x, layer, g)
+    monkeypatch.setattr(layers, 'STACK_X_TERMS_ON_CUDA', True)
+    stacked = layer(x), _grads(layer(x), x, layer, g)
+    torch.testing.assert_close(stacked[0], per_term[0], rtol=1e-10, atol=1e-10)
+    for a, b in zip(stacked[1], per_term[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    cl = layer.float().to(memory_format=torch.channels_last)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        assert cl(x.float().contiguous(memory_format=torch.channels_last)).dtype == torch.bfloat16

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT
@@ -43,6 +44,7 @@ def test_every_recipe_file_loads():
     ('grad_clip=-1', 'grad_clip'), ('grad_clip=0', 'grad_clip'), ('weight_decay=-1', 'weight_decay'),
     ('warmup_epochs=-1', 'warmup_epochs'), ('min_lr_ratio=5', 'min_lr_ratio'), ('amp=fp16', 'amp'), ('amp=on', 'amp'),
     ('channels_last=maybe', 'channels_last'), ('nesterov=maybe', 'nesterov'), ('compile="false"', 'compile'),
+    ('compile=fast', 'compile'), ('compile=1', 'compile'), ('compile=reduce_overhead', 'compile'),
     ('deterministic=1', 'deterministic'), ('nan_check_every=0', 'nan_check_every'),
     ('label_smoothing=2', 'label_smoothing'), ('label_smoothing=1', 'label_smoothing'), ('betas=[0.9]', 'betas'),
     ('betas=[0.9, 1.0]', 'betas'), ('betas=0.9', 'betas'), ('select=best', 'select'), ('optimizer=adam', 'optimizer'),
@@ -68,6 +70,26 @@ def test_values_a_recipe_may_take():
            (1.5, 1, 0.1, 'off', True, False)
     assert r.betas == [0.8, 0.99] and r.device == 'cuda:1' and r.smoke['train'] is None and r.quad_weight_decay == 0
     assert load_recipe(None, ['amp=bf16', 'channels_last=auto'], **SYN).amp == 'bf16'
+
+
+def test_compile_takes_auto_and_the_torch_compile_modes_and_records_the_default_as_before():
+    from qzoo.engine import CUDA_COMPILE_MODE, _compile_mode
+    from qzoo.recipe import COMPILE_MODES
+    cpu, cuda = torch.device('cpu'), torch.device('cuda', 0)
+    # false (the default) is still recorded as it always was: published recipes keep their text and sha256
+    assert Recipe.defaults()['compile'] is False and 'compile: false\n' in load_recipe(None, **SYN).to_yaml()
+    want = {False: (None, None), True: ('default', 'default'), 'auto': (None, CUDA_COMPILE_MODE)}
+    want.update({m: (m, m) for m in COMPILE_MODES})
+    for value, (on_cpu, on_cuda) in want.items():
+        r = load_recipe(None, [f'compile={json.dumps(value)}'], **SYN)
+        assert r.compile == value and yaml.safe_load(r.to_yaml())['compile'] == value
+        assert (_compile_mode(r, cpu), _compile_mode(r, cuda)) == (on_cpu, on_cuda), value
+    assert CUDA_COMPILE_MODE in COMPILE_MODES
+    with pytest.raises(RecipeError, match="compile must be true, false, 'auto' or a torch.compile mode "
+                                          "\\('default', 'reduce-overhead'"):
+        load_recipe(None, ['compile=fastest'], **SYN)
+    with pytest.raises(RecipeError, match='set compile: false for a monitored run'):
+        load_recipe(None, ['compile=auto', 'monitor_every=5'], **SYN)  # hooks do not run under compile on CUDA
 
 
 def test_numbers_without_a_dot_are_numbers(tmp_path):
