@@ -67,6 +67,8 @@ def _training_lines(w: Mapping[str, Any]) -> List[str]:
              _trained_on(t)]
     for chosen in (t.get('provenance') or {}).get('chosen') or ():
         lines.append(f'- **chosen on validation**: {chosen}')
+    if t.get('tuning'):
+        lines.append(_tuning_line(t['tuning'], 'conventional' if w['neuron'] == 'linear' else 'quadratic'))
     if t.get('divergence'):
         lines.append(f"- **training diverged**: {_divergence_sentence(t['divergence'], t.get('selected_epoch'))}")
     elif t.get('nonfinite'):
@@ -83,6 +85,22 @@ def _training_lines(w: Mapping[str, Any]) -> List[str]:
         lines.append(f"- **at training** (evaluated on {at.get('device', '?')} at the end of the run): "
                      + '; '.join(f'{s} {_metrics(at.get(s) or {})}' for s in ('val', 'test')))
     return lines
+
+
+def _budget(b: Mapping[str, Any]) -> str:
+    """'4 validation trials of 10 epochs: <summary>', 'no validation trials: ...', 'trials not recorded: ...'."""
+    n, epochs = b.get('trials'), b.get('epochs')
+    head = ('trials not recorded' if n is None else 'no validation trials' if n == 0 else
+            f"{n} validation trial{'s' if n != 1 else ''}" + (f' of {epochs} epochs' if epochs else ''))
+    return f"{head}: {b['summary']}" if b.get('summary') else head
+
+
+def _tuning_line(tuning: Mapping[str, Any], family: str) -> str:
+    """The card's tuning budget: this model's family first, then the other family of the same experiment
+    (recipes/tuning.yaml), so that a reader weighs the comparison by the weaker side's tuning."""
+    order = [family] + [f for f in ('conventional', 'quadratic') if f != family]
+    return ('- **tuning budget** (before the published runs of this experiment): ' +
+            '. '.join(f'{f} models, {_budget(tuning[f])}' for f in order if f in tuning))
 
 
 def _trained_on(t: Mapping[str, Any]) -> str:

@@ -250,7 +250,10 @@ def _rederived(w: Weights) -> Weights:
     ran = yaml.safe_load((folder / 'recipe.yaml').read_text()) or {}
     log = read_log(gzip.decompress((folder / LOG_NAME).read_bytes()).decode().splitlines())
     training = dict(w.training, **_stability(log, ran, (w.training.get('splits') or {}).get('val')),
-                    key_settings=key_settings(ran))
+                    key_settings=key_settings(ran), recipe_overrides=_current_overrides(w, ran))
+    budget = tuning_budget(w.experiment)
+    if budget is not None:
+        training['tuning'] = budget
     if not training.get('provenance'):
         image = len(w.input_size) == 3 and w.input_size[1] > 1 and w.input_size[2] > 1
         amp, cl = _effective({'device': training.get('device')}, ran, (0, 0, 0) if image else (0, 0))
@@ -335,14 +338,60 @@ def _recipe_overrides(ran: Dict[str, Any], results: Dict[str, Any]) -> List[str]
     """``key=value`` for every recipe key whose value in the run (its resolved recipe.yaml, ``ran``) differs from
     what the recipe file named in results.json gives today: the overrides the run was started with."""
     from .recipe import load_recipe
-    rel = Path(results.get('recipe') or '')
-    # a relative recipe path is relative to where training ran: this directory or the checkout
-    path = next((b / rel for b in (Path.cwd(), Path(__file__).resolve().parents[1]) if (b / rel).is_file()), rel)
-    if not results.get('recipe') or not path.is_file():
+    path = _recipe_file(results.get('recipe'))
+    if path is None:
         return []
     now = load_recipe(path).to_dict()
     return [f'{k}={json.dumps(ran.get(k), separators=(",", ":"))}' for k in sorted(set(ran) | set(now))
             if ran.get(k) != now.get(k) and (ran.get(k) or now.get(k))]  # None and {} alike
+
+
+def _recipe_file(recipe: Optional[str]) -> Optional[Path]:
+    """The recipe file a run names (relative to where training ran: this directory or the checkout), or None."""
+    from .checkout import root
+    if not recipe:
+        return None
+    rel = Path(recipe)
+    found = next((b / rel for b in (Path.cwd(), root()) if b is not None and (b / rel).is_file()), None)
+    return found if found is not None else (rel if rel.is_file() else None)
+
+
+def _current_overrides(w: Weights, ran: Dict[str, Any]) -> List[str]:
+    """The overrides that give run ``ran`` (its recipe.yaml) from its recipe file as the file reads today, when
+    they reproduce the recorded recipe hash; else the recorded overrides (a recipe file changed since, such as a
+    new default, moves what a published run had to override, not what it ran)."""
+    from .recipe import RecipeError, load_recipe
+    t = w.training
+    path = _recipe_file(t.get('recipe'))
+    if path is None:
+        return list(t.get('recipe_overrides') or [])
+    new = _recipe_overrides(ran, t)
+    try:
+        if load_recipe(path, new).sha256() == t.get('recipe_sha256'):
+            return new
+    except (RecipeError, ValueError, OSError):
+        pass
+    return list(t.get('recipe_overrides') or [])
+
+
+#: where each experiment's tuning budget is written (:func:`tuning_budget`), relative to the checkout
+TUNING_FILE = 'recipes/tuning.yaml'
+FAMILIES = ('conventional', 'quadratic')
+
+
+def tuning_budget(experiment: str) -> Optional[Dict[str, Any]]:
+    """The tuning budget of both families in ``experiment`` from :data:`TUNING_FILE` ({family: {trials, epochs,
+    summary}}), or None outside a checkout or for an experiment the file does not list."""
+    import yaml
+    from .checkout import root
+    base = root()
+    if base is None or not (base / TUNING_FILE).is_file():
+        return None
+    table = yaml.safe_load((base / TUNING_FILE).read_text(encoding='utf-8')) or {}
+    entry = table.get(experiment)
+    if not isinstance(entry, dict) or set(entry) - set(FAMILIES):
+        return None
+    return {f: dict(entry[f]) for f in FAMILIES if f in entry}
 
 
 #: the training log in a published folder: the run's log.jsonl, gzip-compressed (a byte-deterministic
@@ -580,6 +629,9 @@ def _record(r: _Run, facts, variant, args, experiment, here, dtype, check, sha, 
     training.update(recipe_overrides=_recipe_overrides(ran, results), fp16_check=check, splits=splits,
                     provenance=_provenance(results, ran, ds.in_shape, launch, commit), key_settings=key_settings(ran),
                     **_stability(r.log, ran, (splits or {}).get('val')))
+    budget = tuning_budget(experiment)
+    if budget is not None:
+        training['tuning'] = budget
     if (mine['val'], mine['test']) != (results['val'], results['test']):
         training['at_training'] = dict(val=results['val'], test=results['test'], device=results['device'])
         training['metrics_from'] = f'the published {dtype} weights, evaluated in float32 on the CPU when published'

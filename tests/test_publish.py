@@ -334,3 +334,36 @@ def test_two_publishes_at_once_keep_both_records(zoo, run, tmp_path):
     assert sorted(w.name for w in weights.all_weights().values() if w.default) == ['qmlp_h4.exp-a-s0']
     assert sorted(p.name for p in zoo.iterdir()) == ['manifest.json', 'manifest.lock', 'qmlp_h4.exp-a-s0',
                                                      'qmlp_h4.exp-b-s0']
+
+
+def test_the_card_states_both_families_tuning_budget_of_the_experiment(zoo, run):
+    """recipes/tuning.yaml's entry of the experiment goes into the record and onto the card, own family first."""
+    import yaml
+    w = pub.publish(run, 'synthetic-circles-d2')
+    table = yaml.safe_load((ROOT / pub.TUNING_FILE).read_text())
+    assert w.training['tuning'] == table['synthetic-circles-d2']
+    card = (zoo / w.name / 'README.md').read_text()
+    line = next(l for l in card.splitlines() if l.startswith('- **tuning budget**'))
+    assert line == ('- **tuning budget** (before the published runs of this experiment): quadratic models, no validation '
+                    'trials: the same recipe, every term at the same learning rate (quad_lr_scale 1). conventional '
+                    'models, no validation trials: the shared recipe (AdamW 1e-2, cosine, 200 epochs) as written')
+    assert 'tuning' not in pub.publish(run, 'tiny', force=True).training  # an experiment the file does not list
+
+
+def test_refresh_restates_the_overrides_against_todays_recipe_file(zoo, run, tmp_path, monkeypatch):
+    """A recipe file that changes a default after publishing (as grad_clip 5 did for the quadratic CIFAR recipes)
+    moves what the published run had to override: refresh recomputes the overrides from the run's recipe.yaml,
+    and the recipe file with them still resolves to the recorded hash."""
+    w = pub.publish(run, 'tiny')
+    assert 'epochs=3' in w.training['recipe_overrides']
+    here = tmp_path / 'today'
+    shutil.copytree(ROOT / 'recipes' / 'synthetic', here / 'recipes' / 'synthetic')
+    base = here / 'recipes' / 'synthetic' / '_base.yaml'
+    base.write_text(base.read_text().replace('epochs: 200', 'epochs: 3\ngrad_clip: 5.0'))
+    monkeypatch.chdir(here)
+    pub.refresh()
+    weights.clear_cache()
+    now = weights.all_weights()[w.name].training
+    assert 'epochs=3' not in now['recipe_overrides'] and 'grad_clip=null' in now['recipe_overrides']
+    assert load_recipe(here / RECIPE, now['recipe_overrides']).sha256() == w.training['recipe_sha256']
+    assert '`' + ' '.join(now['recipe_overrides']) + '`' in (zoo / w.name / 'README.md').read_text()
