@@ -151,13 +151,14 @@ def _diverged(w: Weights) -> bool:
     return bool((w.training or {}).get('divergence'))
 
 
-def choose_default(records: List[Weights]) -> Tuple[Weights, str]:
-    """The default among one architecture's records, and the reason, by the module's rule."""
+def choose_default(records: List[Weights], _kept: str = '') -> Tuple[Weights, str]:
+    """The default among one architecture's records, and the reason, by the module's rule (``_kept``: what the
+    records were narrowed to, said in the reason: ' that did not diverge')."""
     if not records:
         raise ValueError('choose_default needs at least one record')
     stable = [w for w in records if not _diverged(w)]
     if stable and len(stable) < len(records):
-        pick, why = choose_default(stable)
+        pick, why = choose_default(stable, ' that did not diverge')
         n = len(records) - len(stable)
         return pick, (f'Runs whose training diverged are not defaults while a run that did not diverge exists '
                       f'({n} of {len(records)} published runs of this architecture diverged). {why}')
@@ -166,17 +167,17 @@ def choose_default(records: List[Weights]) -> Tuple[Weights, str]:
     if pref and pref[0] in experiments:
         exp, why = pref[0], pref[1]
     elif len(experiments) == 1:
-        exp, why = experiments[0], 'its only experiment'
+        exp, why = experiments[0], f'its only experiment{" with a run" + _kept if _kept else ""}'
     else:
         exp, why = experiments[0], 'the first of its experiments in name order'
     seeds = sorted((w for w in records if w.experiment == exp), key=lambda w: (w.val[w.primary_metric], w.seed))
     pick = seeds[(len(seeds) - 1) // 2]
     metric = pick.primary_metric
     if len(seeds) == 1:
-        seed_why = f'seed {pick.seed}: its only seed'
+        seed_why = f'seed {pick.seed}: its only seed{_kept}'
     else:
         vals = ', '.join(f's{w.seed} {w.val[metric]:.2f}' for w in sorted(seeds, key=lambda w: w.seed))
-        seed_why = (f'seed {pick.seed}: the median validation {metric} of its {len(seeds)} seeds ({vals}), so the '
+        seed_why = (f'seed {pick.seed}: the median validation {metric} of its {len(seeds)} seeds{_kept} ({vals}), so the '
                     f'default is a typical run, not the luckiest')
     every = (f' Every published run of this architecture diverged (see the card\'s training notes); these are the '
              f'weights of its best validation epoch.' if _diverged(pick) else '')

@@ -119,6 +119,8 @@ def test_a_blow_up_is_on_the_card_the_default_rule_and_the_table(blown, tmp_path
         # the median rule alone would take the lower-validation seed of the two; a diverged run is never the default
         assert recs[c.name].default and not recs[w.name].default
         assert 'diverged are not defaults' in recs[c.name].default_reason
+        # the reason says what the choice was narrowed to, not 'its only seed' of an architecture with two
+        assert recs[c.name].default_reason.endswith(f'Seed {recs[c.name].seed}: its only seed that did not diverge.')
         from qzoo.curves import Job, divergence_note, plot_label
         jobs = [Job(n, r.dataset, 'synthetic', {}, record=r) for n, r in sorted(recs.items())]
         n, note = divergence_note(jobs)
