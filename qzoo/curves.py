@@ -481,7 +481,9 @@ def _group_row(g: str, js: List[Job], summ, ctx: Dict[str, Any]) -> Dict[str, An
         for axis in AXES.values():
             row.update(_compared_fields(g, ctx, mean, axis))
     row['diverged'], why = divergence_note(js)
-    row['note'] = '; '.join(filter(None, [why, row.get('note', '')]))
+    for axis in AXES.values():  # every table that reads the group says when a seed of it diverged
+        if axis.note in row or axis.note == 'note':
+            row[axis.note] = '; '.join(filter(None, [why, row.get(axis.note, '')]))
     return row
 
 

@@ -8,8 +8,9 @@
   quadratic-term output per step (``stability-continued.png``), and, at the step with the largest gradient
   norm of BASE and the step before it, the largest output of every quadratic layer by depth
   (``stability-depth.png``).
-* ``--scratch RUN...``: run folders trained from scratch (``log.jsonl``; label = folder name): training loss and
-  validation top-1 per epoch, a marker where ``qzoo.divergence`` finds a divergence (``stability-scratch.png``).
+* ``--scratch RUN[=LABEL]...``: run folders trained from scratch (``log.jsonl``; label: LABEL or the folder name):
+  training loss and validation top-1 per epoch, a marker where ``qzoo.divergence`` finds a divergence
+  (``stability-scratch.png``).
 """
 import argparse
 import json
@@ -79,14 +80,14 @@ def scratch(runs, out: Path, plt) -> None:
     from qzoo.divergence import detect
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=110)
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    for n, folder in enumerate(runs):
+    for n, (folder, label) in enumerate(runs):
         log = _lines(folder / 'log.jsonl')
         ran = yaml.safe_load((folder / 'recipe.yaml').read_text())
         e = [r['epoch'] for r in log]
         style = '-' if ran.get('grad_clip') else '--'
         c = colors[n % len(colors)]
-        axes[0].plot(e, [r['train_loss'] for r in log], style, color=c, label=folder.name)
-        axes[1].plot(e, [r['val_top1'] for r in log], style, color=c, label=folder.name)
+        axes[0].plot(e, [r['train_loss'] for r in log], style, color=c, label=label)
+        axes[1].plot(e, [r['val_top1'] for r in log], style, color=c, label=label)
         d = detect(log, ran.get('warmup_epochs') or 0, 5000)
         if d is not None:
             axes[0].plot([d.epoch], [d.loss], 'x', color=c, ms=9, mew=2)
@@ -96,7 +97,7 @@ def scratch(runs, out: Path, plt) -> None:
         ax.set_xlabel('epoch')
         ax.grid(True, alpha=0.3)
     axes[1].legend(fontsize=7)
-    fig.suptitle('From scratch on the CPU, float32 (x: divergence by qzoo.divergence; dashed: no clipping)', fontsize=9)
+    fig.suptitle('qresnet20 from scratch (x: a divergence by qzoo.divergence; dashed: no gradient clipping)', fontsize=9)
     fig.tight_layout()
     fig.savefig(out / 'stability-scratch.png', metadata={'Software': None})
     plt.close(fig)
@@ -105,7 +106,7 @@ def scratch(runs, out: Path, plt) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--continued', nargs=2, metavar=('BASE', 'CLIPPED'))
-    ap.add_argument('--scratch', nargs='*', default=[])
+    ap.add_argument('--scratch', nargs='*', default=[], metavar='RUN[=LABEL]')
     ap.add_argument('--out', default='docs/img')
     a = ap.parse_args(argv)
     import matplotlib
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
         continued(Path(a.continued[0]), Path(a.continued[1]), out, plt)
         depth(Path(a.continued[0]), out, plt)
     if a.scratch:
-        scratch([Path(r) for r in a.scratch], out, plt)
+        runs = [r.partition('=') for r in a.scratch]
+        scratch([(Path(p), label or Path(p).name) for p, _, label in runs], out, plt)
     return 0
 
 
