@@ -599,25 +599,44 @@ def _log_ticks(lo: float, hi: float) -> List[float]:
 
 
 _OFFSETS = ((5, 5, 'left'), (5, -11, 'left'), (-5, 5, 'right'), (-5, -11, 'right'), (5, 14, 'left'),
-            (-5, 14, 'right'), (5, -20, 'left'), (-5, -20, 'right'))
+            (-5, 14, 'right'), (5, -20, 'left'), (-5, -20, 'right'), (8, -2, 'left'), (-8, -2, 'right'),
+            (5, 24, 'left'), (-5, 24, 'right'), (5, -30, 'left'), (-5, -30, 'right'))
 
 
-def _annotate(fig, ax, labels: List[Tuple[str, float, float, Any]]) -> None:
+def _annotate(fig, ax, labels: List[Tuple[str, float, float, Any]],
+              bars: Sequence[Tuple[float, float, float]] = ()) -> None:
     """Label points with their architecture, each at the first offset (right/left, above/below)
-    where its text overlaps no label placed before and stays inside the axes (greedy, in order of
-    params, so the result is fixed by the table)."""
+    where its text overlaps no label placed before, no point's marker or interval bar (``bars``:
+    (x, lo, hi) in data units) and stays inside the axes, else where it covers least (greedy, in
+    order of params, so the result is fixed by the table)."""
+    from matplotlib.transforms import Bbox
+    fig.canvas.draw()  # the axes' limits are final only after a draw: transData then maps data to pixels
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
     placed = []
+    for x, lo, hi in bars:  # each marker and its interval bar, in pixels, as an obstacle
+        (x0, y0), (x1, y1) = ax.transData.transform([(x, lo), (x, hi)])
+        placed.append(Bbox([[x0 - 5, min(y0, y1) - 5], [x1 + 5, max(y0, y1) + 5]]))
+    def cost(ext) -> Tuple[bool, float]:  # (outside the axes, pixels² covered of labels, markers and bars)
+        inside = box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1
+        cover = sum(max(0.0, min(ext.x1, o.x1) - max(ext.x0, o.x0)) * max(0.0, min(ext.y1, o.y1) - max(ext.y0, o.y0))
+                    for o in placed)
+        return not inside, cover
+
     for text, x, y, color in sorted(labels, key=lambda v: (v[1], v[2], v[0])):
-        for i, (dx, dy, ha) in enumerate(_OFFSETS):
+        best = None  # the first offset that covers nothing; else the one that covers least
+        for dx, dy, ha in _OFFSETS:
             t = ax.annotate(text, (x, y), textcoords='offset points', xytext=(dx, dy), ha=ha, fontsize=7, color=color)
             ext = t.get_window_extent(renderer)
-            inside = box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1
-            if (inside and not any(ext.overlaps(o) for o in placed)) or i == len(_OFFSETS) - 1:
-                placed.append(ext)
-                break
+            c = cost(ext)
             t.remove()
+            if best is None or c < best[0]:
+                best = (c, dx, dy, ha, ext)
+            if c == (False, 0.0):
+                break
+        _, dx, dy, ha, ext = best
+        ax.annotate(text, (x, y), textcoords='offset points', xytext=(dx, dy), ha=ha, fontsize=7, color=color)
+        placed.append(ext)
 
 
 #: family -> (colour, marker, legend name) of the Pareto plots; 'user': the models brought to qzoo compare
@@ -673,7 +692,8 @@ def figure(t: Dict[str, Any], axis: str = 'params'):
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _annotate(fig, ax, labels)
+    _annotate(fig, ax, labels, [(r[axis], r.get('mean_lo', r['mean']) if r.get('mean_lo') is not None else r['mean'],
+                                 r.get('mean_hi') if r.get('mean_hi') is not None else r['mean']) for r in t['rows']])
     return fig
 
 
