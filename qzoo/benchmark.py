@@ -995,7 +995,7 @@ def get_parser() -> argparse.ArgumentParser:
     mode.add_argument('--profile', action='store_true', help='torch.profiler kernel times of one CIFAR training step')
     mode.add_argument('--train-loop', action='store_true',
                       help="training img/s in the recipes' own loop (qzoo.engine), eager or compiled")
-    mode.add_argument('--share', type=int, metavar='K',
+    mode.add_argument('--share', type=_count(1), metavar='K',
                       help='total training img/s of K runs of one recipe on one device: K processes vs one process')
     mode.add_argument('--suite', choices=['gpu'], help='every GPU measurement within --budget-s into --results-dir')
     p.add_argument('--recipes', nargs='+', default=list(LOOP_RECIPES.values()),
@@ -1003,7 +1003,7 @@ def get_parser() -> argparse.ArgumentParser:
                         'w16 recipes of the checkout)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='--train-loop / --share: a recipe override (repeatable)')
-    p.add_argument('--loop-images', type=int, default=None,
+    p.add_argument('--loop-images', type=_count(1), default=None,
                    help='--train-loop / --share: epochs of this many training images (default: the whole split)')
     p.add_argument('--stack-x-terms', action='store_true',
                    help='run the quadratic terms that read x as one call on CUDA (qzoo.layers.STACK_X_TERMS_ON_CUDA)')
@@ -1076,8 +1076,6 @@ def run(args, log) -> List[Dict[str, object]]:
     device = setup(args, log)
     mode = ('layers' if args.layer_bench else 'cifar-train' if args.cifar_train else 'profile' if args.profile
             else 'train-loop' if args.train_loop else 'share' if args.share is not None else 'models')
-    if mode == 'share' and args.share < 1:
-        raise SystemExit(f'--share takes the number of runs side by side (>= 1), got {args.share}')
     if args.batch_size is None:
         args.batch_size = {'layers': 128, 'cifar-train': 512, 'profile': 512, 'models': 256}.get(mode)
     if args.min_time is None:

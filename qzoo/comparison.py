@@ -354,7 +354,21 @@ def _parser(prog: Optional[str]) -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     """``qzoo compare``: print the comparison (see :data:`COMPARE_HELP`); 2 with ``error: ...`` on bad input."""
     from .external import ExternalCheckpointError
-    a = _parser(prog).parse_args(argv)
+    from .bounds import device_of
+    from .errors import NotARegularFileError
+    from .fileio import check_target
+    ap = _parser(prog)
+    a = ap.parse_args(argv)
+    try:
+        a.device = str(device_of(a.device, '--device'))
+    except ValueError as e:
+        ap.error(str(e))
+    if a.plot:
+        try:  # an unusable --plot path is refused before anything is scored
+            check_target(a.plot)
+        except NotARegularFileError as e:
+            print(f'error: --plot {a.plot}: {e}', file=sys.stderr)
+            return 2
     t0 = time.time()
     try:
         c = compare(a.weights, a.dataset, axis=a.axis, data=a.data, data_args=parse_data_args(a.data_arg),

@@ -614,6 +614,12 @@ def _annotate(fig, ax, labels: List[Tuple[str, float, float, Any]],
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
     placed = []
+    legend = ax.get_legend()
+    if legend is not None:  # the legend stays where the draw put it ('best' would move it around the labels)
+        lb = legend.get_window_extent(renderer)
+        legend.set_loc('lower left')
+        legend.set_bbox_to_anchor(tuple(ax.transAxes.inverted().transform((lb.x0, lb.y0))), transform=ax.transAxes)
+        placed.append(lb)
     for x, lo, hi in bars:  # each marker and its interval bar, in pixels, as an obstacle
         (x0, y0), (x1, y1) = ax.transData.transform([(x, lo), (x, hi)])
         placed.append(Bbox([[x0 - 5, min(y0, y1) - 5], [x1 + 5, max(y0, y1) + 5]]))

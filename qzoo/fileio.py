@@ -183,12 +183,16 @@ def locked(path: PathLike) -> Iterator[int]:
         os.close(fd)  # closing releases the lock
 
 
-def read_regular(path: PathLike, what: str = 'this file') -> bytes:
+def read_regular(path: PathLike, what: str = 'this file', limit: Optional[int] = None) -> bytes:
     """The bytes of ``path``, which must be a regular file reached without a symbolic link as its last part
-    (NotARegularFileError otherwise; FileNotFoundError when it is missing)."""
+    (NotARegularFileError otherwise; FileNotFoundError when it is missing); ValueError when it holds more than
+    ``limit`` bytes (at most ``limit`` + 1 are read)."""
     fd = _open_nofollow(Path(path), os.O_RDONLY, what)
     with os.fdopen(fd, 'rb') as f:
-        return f.read()
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise ValueError(f'{path} ({what}) holds more than {limit:,} bytes, more than qzoo reads from such a file')
+    return data
 
 
 def check_regular(path: PathLike, what: str = 'this file') -> Path:

@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import torch
 
 from .cards import model_card, zoo_index
+from .bounds import MAX_JSON_BYTES, MAX_YAML_BYTES
 from .checkout import is_checkout
 from .engine import check_results
 from .errors import CheckpointError, NotARegularFileError, RunDirError
@@ -255,6 +256,9 @@ def _rederived(w: Weights) -> Weights:
     budget = tuning_budget(w.experiment)
     if budget is not None:
         training['tuning'] = budget
+    if not _quadratic_run(ran) and (training.get('provenance') or {}).get('chosen'):
+        training['provenance'] = dict(training['provenance'],
+                                      chosen=[c for c in training['provenance']['chosen'] if not c.startswith('quad_')])
     if not training.get('provenance'):
         image = len(w.input_size) == 3 and w.input_size[1] > 1 and w.input_size[2] > 1
         amp, cl = _effective({'device': training.get('device')}, ran, (0, 0, 0) if image else (0, 0))
@@ -366,8 +370,8 @@ def _current_overrides(w: Weights, ran: Dict[str, Any]) -> List[str]:
     path = _recipe_file(t.get('recipe'))
     if path is None:
         return list(t.get('recipe_overrides') or [])
-    new = _recipe_overrides(ran, t)
     try:
+        new = _recipe_overrides(ran, t)
         if load_recipe(path, new).sha256() == t.get('recipe_sha256'):
             return new
     except (RecipeError, ValueError, OSError):
@@ -384,14 +388,25 @@ def tuning_budget(experiment: str) -> Optional[Dict[str, Any]]:
     """The tuning budget of both families in ``experiment`` from :data:`TUNING_FILE` ({family: {trials, epochs,
     summary}}), or None outside a checkout or for an experiment the file does not list."""
     import yaml
+    from .bounds import load_yaml
     from .checkout import root
     base = root()
     if base is None or not (base / TUNING_FILE).is_file():
         return None
-    table = yaml.safe_load((base / TUNING_FILE).read_text(encoding='utf-8')) or {}
-    entry = table.get(experiment)
-    if not isinstance(entry, dict) or set(entry) - set(FAMILIES):
+    path = base / TUNING_FILE
+    try:
+        table = load_yaml(path.read_text(encoding='utf-8'), str(path))[0] or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f'{path} is not valid YAML ({str(e).splitlines()[0]}). Fix: correct it (git diff shows '
+                         f'what changed)') from None
+    entry = table.get(experiment) if isinstance(table, dict) else None
+    if entry is None:
         return None
+    fields = {'trials', 'epochs', 'summary'}
+    if (not isinstance(entry, dict) or set(entry) - set(FAMILIES) or
+            any(not isinstance(v, dict) or set(v) - fields for v in entry.values())):
+        raise ValueError(f'{path}, experiment {experiment}: expected {{conventional|quadratic: {{trials, epochs, '
+                         f'summary}}}}, got {entry!r}. Fix: write the entry in that form')
     return {f: dict(entry[f]) for f in FAMILIES if f in entry}
 
 
@@ -427,16 +442,23 @@ class _Run:
     log_bytes: bytes
 
 
+#: the most bytes publish reads from a run's text files: results.json and recipe.yaml as qzoo.bounds bounds them
+#: elsewhere, the log (a 200-epoch log is about 60 kB)
+_RUN_FILE_LIMITS = {'results.json': MAX_JSON_BYTES, 'recipe.yaml': MAX_YAML_BYTES, 'log.jsonl': 64 << 20}
+
+
 def _run_file(run: Path, name: str, read: bool = True) -> bytes:
-    """The bytes of ``run/name`` (``read`` False: only checked, b''), a regular file that is not a symbolic link:
-    publish copies nothing a link points at."""
+    """The bytes of ``run/name`` (``read`` False: only checked, b''), a regular file that is not a symbolic link
+    and not larger than :data:`_RUN_FILE_LIMITS` allows: publish copies nothing a link points at."""
     try:
         if not read:
             check_regular(run / name, f"a run's {name}")
             return b''
-        return read_regular(run / name, f"a run's {name}")
+        return read_regular(run / name, f"a run's {name}", _RUN_FILE_LIMITS.get(name))
     except NotARegularFileError as e:
         raise RunDirError(f'{e} (publish reads only the run\'s own files)') from None
+    except ValueError as e:
+        raise RunDirError(f'{e}: not what a training run writes. Fix: re-run the training') from None
 
 
 def _read_run(run: Path) -> _Run:
@@ -567,8 +589,11 @@ def read_launch_logs(folder) -> Dict[str, Any]:
 
 
 def _chosen(ran: Dict[str, Any], launch: Dict[str, Any]) -> List[str]:
-    """The run's hyper-parameters that its launch chose on validation (a preset's sweep), in words."""
+    """The run's hyper-parameters that its launch chose on validation (a preset's sweep), in words (none for a
+    conventional run: the quadratic terms' scale does not act on it)."""
     out = []
+    if not _quadratic_run(ran):
+        return out
     for swept, c in sorted((launch.get('choices') or {}).items()):
         value = c.get('quad_lr_scale')
         try:
@@ -604,10 +629,15 @@ KEY_SETTINGS = ('optimizer', 'lr', 'batch_size', 'epochs', 'weight_decay', 'quad
                 'warmup_epochs', 'grad_clip')
 
 
+def _quadratic_run(ran: Mapping[str, Any]) -> bool:
+    """Whether a resolved recipe trains a quadratic model (where the quad_* settings act)."""
+    return (ran.get('model_args') or {}).get('neuron', 'linear') != 'linear' or str(ran.get('model', '')).startswith('q')
+
+
 def key_settings(ran: Mapping[str, Any]) -> Dict[str, Any]:
     """The run's :data:`KEY_SETTINGS` from its resolved recipe (a quadratic-only setting only for a quadratic
     model's run, where it acts)."""
-    quad = (ran.get('model_args') or {}).get('neuron', 'linear') != 'linear' or str(ran.get('model', '')).startswith('q')
+    quad = _quadratic_run(ran)
     return {k: ran[k] for k in KEY_SETTINGS if k in ran and ran[k] is not None and (quad or not k.startswith('quad_'))}
 
 

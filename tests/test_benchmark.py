@@ -112,6 +112,8 @@ def test_runtime_and_size_errors(tmp_path):
     (['--rounds', '0'], 'argument --rounds: must be a whole number >= 1, got 0'),             # ran "1 rounds"
     (['--warmup', '-1'], 'argument --warmup: must be a whole number >= 0, got -1'),
     (['--budget-s', 'inf'], 'argument --budget-s: must be a finite number of seconds > 0, got inf'),
+    (['--loop-images', '0'], 'argument --loop-images: must be a whole number >= 1, got 0'),   # measured the smoke slice
+    (['--share', '0'], 'argument --share: must be a whole number >= 1, got 0'),
 ])
 def test_impossible_numbers_are_usage_errors(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as e:

@@ -230,3 +230,17 @@ def test_weights_without_a_record_need_a_dataset_and_options_are_checked(tmp_pat
         qzoo.compare(folder, CIRCLES, plot='plot.pdf')
     with pytest.raises(qzoo.CheckpointError, match="cannot resolve weights 'no-such-run'"):
         qzoo.compare('no-such-run', CIRCLES, progress=False)
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the refusal on a machine without CUDA')
+def test_a_device_this_machine_lacks_and_an_unusable_plot_path_are_error_lines_before_any_scoring(tmp_path, capsys):
+    """--device cuda without a GPU ended in a torch traceback after loading; a --plot below a file failed only after
+    the scoring."""
+    with pytest.raises(SystemExit) as e:
+        _cli(capsys, 'mlp_h4.synthetic-circles-d2-s0', '--device', 'cuda')
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "device 'cuda'" in err and 'Traceback' not in err
+    (tmp_path / 'file').write_text('mine')
+    code, out, err = _cli(capsys, 'mlp_h4.synthetic-circles-d2-s0', '--plot', tmp_path / 'file' / 'p.png')
+    assert code == 2 and err.startswith(f"error: --plot {tmp_path / 'file' / 'p.png'}: ") and 'Traceback' not in err
+    assert out == '' and 'scor' not in err and (tmp_path / 'file').read_text() == 'mine'

@@ -367,3 +367,42 @@ def test_refresh_restates_the_overrides_against_todays_recipe_file(zoo, run, tmp
     assert 'epochs=3' not in now['recipe_overrides'] and 'grad_clip=null' in now['recipe_overrides']
     assert load_recipe(here / RECIPE, now['recipe_overrides']).sha256() == w.training['recipe_sha256']
     assert '`' + ' '.join(now['recipe_overrides']) + '`' in (zoo / w.name / 'README.md').read_text()
+
+
+def test_a_malformed_tuning_file_is_an_error_naming_it(zoo, run, monkeypatch, tmp_path):
+    """recipes/tuning.yaml is read for every card: a family entry of the wrong form names the file and the entry."""
+    from qzoo import checkout
+    repo = tmp_path / 'checkout'
+    for d in ('qzoo', 'recipes'):
+        (repo / d).mkdir(parents=True)
+    (repo / 'pyproject.toml').write_text('')
+    (repo / pub.TUNING_FILE).write_text('tiny:\n  quadratic: 3\n')
+    monkeypatch.setattr(checkout, 'PACKAGE_PARENT', repo)
+    with pytest.raises(ValueError, match=r'tuning.yaml, experiment tiny: expected .*got .*Fix: write the entry'):
+        pub.tuning_budget('tiny')
+    (repo / pub.TUNING_FILE).write_text('tiny: [unclosed\n')
+    with pytest.raises(ValueError, match=r'tuning.yaml is not valid YAML'):
+        pub.tuning_budget('tiny')
+    (repo / pub.TUNING_FILE).write_text('{}\n')
+    assert pub.tuning_budget('tiny') is None   # an experiment the file does not list: no line
+
+
+def test_a_results_file_larger_than_any_run_writes_is_refused_unread(zoo, run, tmp_path):
+    from qzoo.bounds import MAX_JSON_BYTES
+    bad = _copy(run, tmp_path)
+    with open(bad / 'results.json', 'ab') as f:
+        f.write(b' ' * MAX_JSON_BYTES)
+    with pytest.raises(RunDirError, match=r'results.json .*holds more than 16,777,216 bytes'):
+        pub.publish(bad, 'tiny')
+    assert _empty(zoo)
+
+
+def test_a_conventional_run_is_never_said_to_have_a_quadratic_scale_chosen_for_it():
+    """The H200 launch's sweep chose quad_lr_scale; the resnet20 cards of that call said it was chosen for them."""
+    assert pub._chosen({'model': 'resnet20', 'model_args': {}, 'quad_lr_scale': 0.01},
+                       {'choices': {'x.yaml': {'quad_lr_scale': '1e-2', 'metric': 'top1', 'val': 80.0, 'run': 'r'}}}) == []
+    assert pub._chosen({'model': 'qresnet20', 'model_args': {}, 'quad_lr_scale': 0.01},
+                       {'choices': {'x.yaml': {'quad_lr_scale': '1e-2', 'metric': 'top1', 'val': 80.0, 'run': 'r'}}})
+    for name, w in weights.all_weights().items():
+        if w.neuron == 'linear':
+            assert not (w.training.get('provenance') or {}).get('chosen'), name
