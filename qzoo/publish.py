@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -60,7 +60,7 @@ from .weights import (TAG_PATTERN, Weights, all_weights, checkpoints_dir, clear_
                       WEIGHTS_NAME)
 
 __all__ = ['publish', 'set_default', 'choose_default', 'refresh', 'write_folder_metadata', 'variant_of',
-           'index_path', 'FP16_TOLERANCE', 'PREFERRED_EXPERIMENT']
+           'index_path', 'select_on_validation', 'FP16_TOLERANCE', 'PREFERRED_EXPERIMENT']
 
 FP16_TOLERANCE = 0.02  # points of the primary test metric that storing float16 may cost (2 images in 10k)
 
@@ -746,13 +746,15 @@ def _may_replace(records: Dict[str, Weights], name: str, r: _Run, force: bool) -
 
 
 def publish(run_dir, experiment: str, dtype: str = 'auto', launch_logs=None, commit: Optional[str] = None,
-            force: bool = False, say: Optional[Callable[[str], None]] = None) -> Weights:
+            force: bool = False, say: Optional[Callable[[str], None]] = None,
+            chosen: Sequence[str] = ()) -> Weights:
     """Publish run folder ``run_dir`` as ``<architecture>.<experiment>-s<seed>``. ``experiment`` names the
     training (data, recipe), e.g. ``cwru-clean``; the seed comes from the run. For runs whose results.json
     predates the provenance fields: ``launch_logs`` (the unpacked logs of the ``qzoo launch`` call that made
     it: timm version, values chosen on validation) and ``commit`` (the code it ran). Weights of that name from
     another run are replaced only with ``force``, after a copy is kept under :func:`backups_dir` (``say``, default
-    stderr, tells where). Returns the record."""
+    stderr, tells where). ``chosen``: sentences saying which values were chosen on validation for this run (the
+    card's "chosen on validation" lines; :func:`select_on_validation`). Returns the record."""
     run = Path(run_dir)
     if not TAG_PATTERN.match(experiment or '') or experiment.endswith(tuple(f'-s{i}' for i in range(10))):
         raise ValueError(f'experiment {experiment!r}: use letters, digits, ".", "_" and "-", without the seed '
@@ -778,6 +780,10 @@ def publish(run_dir, experiment: str, dtype: str = 'auto', launch_logs=None, com
                            {'float16': torch.float16, 'float32': torch.float32}[dtype])
         w = _record(r, facts, variant, args, experiment, here, dtype, check, sha, ds,
                     read_launch_logs(launch_logs) if launch_logs else None, commit)
+        if chosen:
+            pv = dict(w.training['provenance'])
+            pv['chosen'] = list(pv.get('chosen') or []) + list(chosen)
+            w = _replace(w, training=dict(w.training, provenance=pv))
         atomic_write_bytes(tmp / 'recipe.yaml', r.recipe_bytes)
         write_log_gz(r.log_bytes, tmp / LOG_NAME)
         with _manifest_lock():  # read the records as they are now, change them and write them back
@@ -796,6 +802,66 @@ def publish(run_dir, experiment: str, dtype: str = 'auto', launch_logs=None, com
     return all_weights()[w.name]
 
 
+# ---- choosing among search runs on validation -----------------------------------------------------------
+#: recipe keys that name a run rather than set its training (never what a search varies)
+_NOT_SEARCHED = ('name', 'seed', 'smoke', 'monitor_every', 'nan_check_every', 'device', 'compile', 'eval_batch_size')
+
+
+def _fmt_setting(v: Any) -> str:
+    return json.dumps(v, separators=(',', ':')) if not isinstance(v, float) else f'{v:g}'
+
+
+def select_on_validation(run_dirs: Sequence[Any]) -> List[Tuple[Path, str]]:
+    """The runs to publish from a validation search: the runs are grouped by architecture (model, model
+    arguments) and seed; in each group the run with the best validation primary metric among those that did not
+    diverge (:mod:`qzoo.divergence`) is chosen. Returns (run folder, the sentence that says what was chosen and
+    every trial of the group, for its card) per group; ValueError when a group has no run that did not diverge,
+    or its runs do not differ in any training setting."""
+    from .metrics import Metrics
+    groups: Dict[str, List[Tuple[Path, _Run, Dict[str, Any]]]] = {}
+    for d in run_dirs:
+        r = _read_run(Path(d))
+        ran = r.ran
+        splits = (r.results.get('data') or {}).get('splits') or {}
+        stab = _stability(r.log, ran, splits.get('val'))
+        key = json.dumps([ran.get('model'), ran.get('model_args'), ran.get('data'), ran.get('data_args'),
+                          ran.get('seed')], sort_keys=True, default=str)
+        groups.setdefault(key, []).append((Path(d), r, stab))
+    out = []
+    for members in groups.values():
+        recipes = [m[1].ran for m in members]
+        varied = sorted(k for k in set().union(*recipes) if k not in _NOT_SEARCHED
+                        and len({json.dumps(rr.get(k), sort_keys=True) for rr in recipes}) > 1)
+        first = members[0][1]
+        label = f"{first.ran.get('model')} {json.dumps(first.ran.get('model_args') or {}, sort_keys=True)}, " \
+                f"seed {first.ran.get('seed')}"
+        if len(members) > 1 and not varied:
+            raise ValueError(f'{label}: the runs {[str(m[0]) for m in members]} do not differ in any training '
+                             f'setting, so there is nothing to choose. Fix: give one run per searched value')
+        metric, higher = Metrics.PRIMARY[first.results['task']]
+        stable = [m for m in members if m[2]['divergence'] is None]
+        if not stable:
+            raise ValueError(f'{label}: every run diverged ({", ".join(str(m[0]) for m in members)}); none is '
+                             f'chosen. Fix: search other values, or publish one of them by name')
+        best = (max if higher else min)(stable, key=lambda m: m[1].results['val'][metric])
+
+        def setting(rr: Dict[str, Any]) -> str:
+            return ', '.join(f'{k}={_fmt_setting(rr.get(k))}' for k in varied) or 'as the recipe reads'
+
+        trials = []
+        for path, r, stab in sorted(members, key=lambda m: [json.dumps(m[1].ran.get(k), sort_keys=True)
+                                                              for k in varied]):
+            note = (f" (diverged at epoch {stab['divergence']['epoch']}: never chosen)" if stab['divergence']
+                    else '')
+            trials.append(f"{setting(r.ran)}: {metric} {r.results['val'][metric]:.2f}{note}")
+        epochs = sorted({m[1].ran.get('epochs') for m in members})
+        sentence = (f"{setting(best[1].ran)}, chosen on validation among {len(members)} runs of this "
+                    f"architecture and seed at {'/'.join(map(str, epochs))} epochs (best validation {metric} among "
+                    f"the runs that did not diverge): " + '; '.join(trials))
+        out.append((best[0], sentence))
+    return out
+
+
 # ---- the command line ------------------------------------------------------------------------
 PUBLISH_HELP = """Publish a training run as zoo weights: qzoo/checkpoints/<architecture>.<experiment>-s<seed>/, its
 record in the manifest, its card, and MODEL_CARDS.md. The architecture is the registered name that builds the run's
@@ -805,6 +871,7 @@ model (e.g. a run of `qcnn` with width 8 is published as `qcnn_w8`); the seed co
     qzoo publish RUN --experiment E --force     # replace weights of that name from another run (a copy is kept)
     qzoo publish --set-default qcnn.cwru-snr-6db-s1 --reason "..."   # pin a default by hand
     qzoo publish --refresh        # regenerate config.json, cards, defaults and MODEL_CARDS.md
+    qzoo publish RUN... --experiment E --select   # a validation search: the best run per architecture and seed
     qzoo publish --group cwru [--only-missing]    # publish again every run behind a group of the zoo's weights
 
 Each architecture's default weights follow qzoo.publish.choose_default unless pinned by hand. ``python
@@ -883,6 +950,9 @@ def _publish_parser() -> argparse.ArgumentParser:
                     help="the unpacked logs.tar.gz of the qzoo launch call that made the runs (timm version, values "
                          "chosen on validation), for runs whose results.json does not record them")
     ap.add_argument('--commit', help='the commit the runs were trained from, when their results.json does not say')
+    ap.add_argument('--select', action='store_true',
+                    help='the runs are a validation search: publish, per architecture and seed, only the run with '
+                         'the best validation metric among those that did not diverge, with every trial on its card')
     ap.add_argument('--force', action='store_true',
                     help='replace weights of the same name published from another run (a copy of the replaced '
                          'folder and record is kept under $QZOO_CACHE/replaced, default ~/.cache/qzoo/replaced)')
@@ -910,9 +980,12 @@ def main(argv=None) -> int:
             publish_group(a.group, a.runs_root or checkout.root() or Path.cwd(), a.only_missing,
                           lambda text: print(text, flush=True))
         elif a.runs and a.experiment:
-            for run in a.runs:
-                w = publish(run, a.experiment, a.dtype, a.launch_logs, a.commit, force=a.force)
-                print(json.dumps({'published': w.name}), flush=True)
+            picks = select_on_validation(a.runs) if a.select else [(run, None) for run in a.runs]
+            for run, why in picks:
+                w = publish(run, a.experiment, a.dtype, a.launch_logs, a.commit, force=a.force,
+                            chosen=[why] if why else ())
+                print(json.dumps({'published': w.name, 'run': str(run)} if a.select else {'published': w.name}),
+                      flush=True)
         else:
             ap.error('give run folders and --experiment, or --set-default NAME --reason ..., or --refresh, '
                      'or --group NAME')

@@ -135,6 +135,44 @@ def test_a_blow_up_is_on_the_card_the_default_rule_and_the_table(blown, tmp_path
         register_all()
 
 
+def test_publish_select_takes_the_best_validation_run_that_did_not_diverge_and_cards_every_trial(
+        blown, tmp_path, monkeypatch, capsys):
+    """A search over lr (0.05, 0.5 and the blow-up's 5, same architecture and seed): qzoo publish --select
+    publishes one run, the best on validation among those that did not diverge, and its card lists all three."""
+    out, res, _ = blown
+    runs = [out]
+    for lr in ('0.05', '0.5'):
+        runs.append(tmp_path / f'mlp-lr{lr}')
+        train(load_recipe(ROOT / RECIPE, BLOW[:3] + [f'lr={lr}'] + BLOW[4:]), runs[-1], recipe_path=RECIPE,
+              progress=False)
+    vals = {r: json.loads((r / 'results.json').read_text())['val']['top1'] for r in runs}
+    best = max(runs[1:], key=vals.get)
+    (tmp_path / 'repo').mkdir()
+    monkeypatch.setenv(weights.CHECKPOINTS_ENV, str(tmp_path / 'repo' / 'zoo'))
+    weights.clear_cache()
+    try:
+        assert pub.main([str(r) for r in runs] + ['--experiment', 'search', '--select']) == 0
+        printed = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+        assert printed == [{'published': 'mlp_h16.search-s0', 'run': str(best)}]
+        w = weights.all_weights()['mlp_h16.search-s0']
+        assert w.val['top1'] == pytest.approx(vals[best], abs=0.21)   # stored weights, re-scored
+        card = (w.folder / 'README.md').read_text()
+        lr = best.name.removeprefix('mlp-lr')
+        line = next(l for l in card.splitlines() if l.startswith('- **chosen on validation**'))
+        assert line.startswith(f'- **chosen on validation**: lr={float(lr):g}, chosen on validation among 3 runs of '
+                               f'this architecture and seed at 6 epochs')
+        assert f"lr=5: top1 {vals[out]:.2f} (diverged at epoch 3: never chosen)" in line
+        assert all(f'lr={float(v):g}: top1 {vals[tmp_path / f"mlp-lr{v}"]:.2f}' in line for v in ('0.05', '0.5'))
+        # a search whose every run diverged chooses nothing, and says so
+        assert pub.main([str(out), '--experiment', 'search2', '--select']) == 2
+        assert 'every run diverged' in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        weights.clear_cache()
+        from qzoo.registry import register_all
+        register_all()
+
+
 def test_every_published_run_carries_what_its_log_shows():
     """The record of every published checkpoint holds the rule's verdict on its own log (computed again here)."""
     import gzip
