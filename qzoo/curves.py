@@ -482,7 +482,7 @@ def _group_row(g: str, js: List[Job], summ, ctx: Dict[str, Any]) -> Dict[str, An
             row.update(_compared_fields(g, ctx, mean, axis))
     row['diverged'], why = divergence_note(js)
     for axis in AXES.values():  # every table that reads the group says when a seed of it diverged
-        if axis.note in row or axis.note == 'note':
+        if axis.note in row:  # 'note' always; 'macs_note' for the compared groups
             row[axis.note] = '; '.join(filter(None, [why, row.get(axis.note, '')]))
     return row
 
@@ -623,6 +623,7 @@ def _annotate(fig, ax, labels: List[Tuple[str, float, float, Any]],
     for x, lo, hi in bars:  # each marker and its interval bar, in pixels, as an obstacle
         (x0, y0), (x1, y1) = ax.transData.transform([(x, lo), (x, hi)])
         placed.append(Bbox([[x0 - 5, min(y0, y1) - 5], [x1 + 5, max(y0, y1) + 5]]))
+
     def cost(ext) -> Tuple[bool, float]:  # (outside the axes, pixels² covered of labels, markers and bars)
         inside = box.x0 <= ext.x0 and ext.x1 <= box.x1 and box.y0 <= ext.y0 and ext.y1 <= box.y1
         cover = sum(max(0.0, min(ext.x1, o.x1) - max(ext.x0, o.x0)) * max(0.0, min(ext.y1, o.y1) - max(ext.y0, o.y0))
@@ -698,8 +699,8 @@ def figure(t: Dict[str, Any], axis: str = 'params'):
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _annotate(fig, ax, labels, [(r[axis], r.get('mean_lo', r['mean']) if r.get('mean_lo') is not None else r['mean'],
-                                 r.get('mean_hi') if r.get('mean_hi') is not None else r['mean']) for r in t['rows']])
+    ends = [(r[axis], *(r['mean'] if r.get(k) is None else r[k] for k in ('mean_lo', 'mean_hi'))) for r in t['rows']]
+    _annotate(fig, ax, labels, ends)
     return fig
 
 

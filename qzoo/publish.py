@@ -178,8 +178,8 @@ def choose_default(records: List[Weights], _kept: str = '') -> Tuple[Weights, st
         seed_why = f'seed {pick.seed}: its only seed{_kept}'
     else:
         vals = ', '.join(f's{w.seed} {w.val[metric]:.2f}' for w in sorted(seeds, key=lambda w: w.seed))
-        seed_why = (f'seed {pick.seed}: the median validation {metric} of its {len(seeds)} seeds{_kept} ({vals}), so the '
-                    f'default is a typical run, not the luckiest')
+        seed_why = (f'seed {pick.seed}: the median validation {metric} of its {len(seeds)} seeds{_kept} ({vals}), '
+                    f'so the default is a typical run, not the luckiest')
     every = (f' Every published run of this architecture diverged (see the card\'s training notes); these are the '
              f'weights of its best validation epoch.' if _diverged(pick) else '')
     return pick, f'Experiment `{exp}`: {why}. {seed_why[0].upper() + seed_why[1:]}.{every}'
@@ -239,7 +239,7 @@ def _commit(records: Dict[str, Weights], changed: List[str]) -> None:
     _write_index(records)
 
 
-def _rederived(w: Weights) -> Weights:
+def _rederived(w: Weights, tuning: Optional[Tuple[Optional[Path], Any]] = None) -> Weights:
     """``w`` with what its folder's own files determine recomputed: the divergence (the rule of
     :mod:`qzoo.divergence` applied to ``log.jsonl.gz`` and ``recipe.yaml``) and, for records published before
     provenance was recorded, the autocast dtype and memory format the recipe's rule gave on its device."""
@@ -253,7 +253,7 @@ def _rederived(w: Weights) -> Weights:
     log = read_log(gzip.decompress((folder / LOG_NAME).read_bytes()).decode().splitlines())
     training = dict(w.training, **_stability(log, ran, (w.training.get('splits') or {}).get('val')),
                     key_settings=key_settings(ran), recipe_overrides=_current_overrides(w, ran))
-    budget = tuning_budget(w.experiment)
+    budget = tuning_budget(w.experiment, tuning)
     if budget is not None:
         training['tuning'] = budget
     if not _quadratic_run(ran) and (training.get('provenance') or {}).get('chosen'):
@@ -270,7 +270,8 @@ def refresh() -> int:
     """Regenerate every folder's config.json and card, the defaults, the manifest and the index from the
     records and the folders' own files (weights untouched). Returns the number of checkpoints."""
     with _manifest_lock():
-        derived = {n: _rederived(w) for n, w in all_weights().items()}
+        tuning = _tuning_table()
+        derived = {n: _rederived(w, tuning) for n, w in all_weights().items()}
         records = _apply_defaults(derived, _pinned(derived))
         _write_manifest(records)
         register_all()
@@ -339,11 +340,11 @@ def _check_finite_outputs(run: Path, here, dtype: str) -> None:
                 f'a lower lr or quad_lr_scale) and publish a run whose selected epoch has finite outputs')
 
 
-def _recipe_overrides(ran: Dict[str, Any], results: Dict[str, Any]) -> List[str]:
+def _recipe_overrides(ran: Dict[str, Any], path: Optional[Path]) -> List[str]:
     """``key=value`` for every recipe key whose value in the run (its resolved recipe.yaml, ``ran``) differs from
-    what the recipe file named in results.json gives today: the overrides the run was started with."""
+    what recipe file ``path`` (:func:`_recipe_file`; None: no file, no overrides) gives today: the overrides the run
+    was started with."""
     from .recipe import load_recipe
-    path = _recipe_file(results.get('recipe'))
     if path is None:
         return []
     now = load_recipe(path).to_dict()
@@ -371,7 +372,7 @@ def _current_overrides(w: Weights, ran: Dict[str, Any]) -> List[str]:
     if path is None:
         return list(t.get('recipe_overrides') or [])
     try:
-        new = _recipe_overrides(ran, t)
+        new = _recipe_overrides(ran, path)
         if load_recipe(path, new).sha256() == t.get('recipe_sha256'):
             return new
     except (RecipeError, ValueError, OSError):
@@ -384,21 +385,27 @@ TUNING_FILE = 'recipes/tuning.yaml'
 FAMILIES = ('conventional', 'quadratic')
 
 
-def tuning_budget(experiment: str) -> Optional[Dict[str, Any]]:
-    """The tuning budget of both families in ``experiment`` from :data:`TUNING_FILE` ({family: {trials, epochs,
-    summary}}), or None outside a checkout or for an experiment the file does not list."""
+def _tuning_table() -> Tuple[Optional[Path], Any]:
+    """(:data:`TUNING_FILE` of the checkout, its parsed content), or (None, None) outside a checkout."""
     import yaml
     from .bounds import load_yaml
     from .checkout import root
     base = root()
     if base is None or not (base / TUNING_FILE).is_file():
-        return None
+        return None, None
     path = base / TUNING_FILE
     try:
-        table = load_yaml(path.read_text(encoding='utf-8'), str(path))[0] or {}
+        return path, load_yaml(path.read_text(encoding='utf-8'), str(path))[0] or {}
     except yaml.YAMLError as e:
         raise ValueError(f'{path} is not valid YAML ({str(e).splitlines()[0]}). Fix: correct it (git diff shows '
                          f'what changed)') from None
+
+
+def tuning_budget(experiment: str, table: Optional[Tuple[Optional[Path], Any]] = None) -> Optional[Dict[str, Any]]:
+    """The tuning budget of both families in ``experiment`` from :data:`TUNING_FILE` ({family: {trials, epochs,
+    summary}}), or None outside a checkout or for an experiment the file does not list. ``table``: the file as
+    :func:`_tuning_table` read it (read here when not given)."""
+    path, table = table if table is not None else _tuning_table()
     entry = table.get(experiment) if isinstance(table, dict) else None
     if entry is None:
         return None
@@ -426,9 +433,9 @@ def write_log_gz(log: bytes, dst: Path) -> None:
 
 #: the files of a finished run that publishing reads
 RUN_FILES = ('results.json', 'config.json', WEIGHTS_NAME, 'recipe.yaml', 'log.jsonl')
-#: the results.json fields publishing needs (a run that lacks one did not finish)
-RESULTS_FIELDS = ('model', 'model_args', 'dataset', 'task', 'data_spec', 'neuron', 'params', 'macs', 'val', 'test',
-                  'primary_metric', 'epochs', 'selected_epoch', 'seed', 'device', 'recipe_sha256')
+#: the results.json fields publishing needs beyond those :func:`qzoo.engine.check_results` requires of every
+#: results file (a run that lacks one did not finish)
+PUBLISH_FIELDS = ('model_args', 'selected_epoch', 'device', 'recipe_sha256')
 
 
 @dataclass
@@ -480,9 +487,9 @@ def _read_run(run: Path) -> _Run:
     except (ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise RunDirError(f'{run}: results.json, recipe.yaml or log.jsonl is not what a training run writes '
                           f'({type(e).__name__}: {e}). Fix: re-run the training') from None
-    if not isinstance(results, dict) or not isinstance(ran, dict):
-        raise RunDirError(f'{run}: results.json or recipe.yaml is not a mapping. Fix: re-run the training')
     results = check_results(results, run / 'results.json')
+    if not isinstance(ran, dict):
+        raise RunDirError(f'{run}: recipe.yaml is not a mapping. Fix: re-run the training')
     if results.get('smoke'):
         raise ValueError(f'{run} is a --smoke run; publish real runs only')
     if results.get('model') not in MODEL_FACTORIES:
@@ -497,7 +504,7 @@ def _check_one_run(r: _Run) -> None:
     0..epochs-1 once each, the selected epoch among them."""
     res = r.results
     fix = 'Fix: re-run the training into a new folder (or --resume the run that results.json describes)'
-    lacking = [k for k in RESULTS_FIELDS if k not in res]
+    lacking = [k for k in PUBLISH_FIELDS if k not in res]
     if lacking:
         raise RunDirError(f'{r.path / "results.json"} lacks {", ".join(lacking)}: not written by a finished run. {fix}')
     if sha256_bytes(r.recipe_bytes) != res['recipe_sha256']:
@@ -631,7 +638,8 @@ KEY_SETTINGS = ('optimizer', 'lr', 'batch_size', 'epochs', 'weight_decay', 'quad
 
 def _quadratic_run(ran: Mapping[str, Any]) -> bool:
     """Whether a resolved recipe trains a quadratic model (where the quad_* settings act)."""
-    return (ran.get('model_args') or {}).get('neuron', 'linear') != 'linear' or str(ran.get('model', '')).startswith('q')
+    neuron = (ran.get('model_args') or {}).get('neuron', 'linear')
+    return neuron != 'linear' or str(ran.get('model', '')).startswith('q')
 
 
 def key_settings(ran: Mapping[str, Any]) -> Dict[str, Any]:
@@ -657,7 +665,8 @@ def _record(r: _Run, facts, variant, args, experiment, here, dtype, check, sha, 
     training = {k: results.get(k) for k in ('recipe', 'recipe_sha256', 'epochs', 'selected_epoch', 'selection',
                                             'device', 'world_size', 'wall_time_s', 'torch', 'qzoo')}
     splits = (results.get('data') or {}).get('splits')
-    training.update(recipe_overrides=_recipe_overrides(ran, results), fp16_check=check, splits=splits,
+    training.update(recipe_overrides=_recipe_overrides(ran, _recipe_file(results.get('recipe'))), fp16_check=check,
+                    splits=splits,
                     provenance=_provenance(results, ran, ds.in_shape, launch, commit), key_settings=key_settings(ran),
                     **_stability(r.log, ran, (splits or {}).get('val')))
     budget = tuning_budget(experiment)
