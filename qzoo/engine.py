@@ -250,6 +250,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # the process group was created by this run, which therefore destroys it
 
     @property
     def main(self) -> bool:
@@ -278,9 +279,17 @@ def _setup_dist(device_pref: str) -> Dist:
     use_cuda = torch.cuda.is_available() and device_pref in ('auto', 'cuda')
     if use_cuda:
         torch.cuda.set_device(local)
-    if not torch.distributed.is_initialized():
+    owns = not torch.distributed.is_initialized()
+    if owns:
         torch.distributed.init_process_group('nccl' if use_cuda else 'gloo')
-    return Dist(rank, ws, local)
+    return Dist(rank, ws, local, owns)
+
+
+def _teardown_dist(dist: Dist) -> None:
+    """Destroy the process group the run created: a rank that exits with its gloo group alive can abort at
+    interpreter exit ('terminate called without an active exception', seen once in a CI-like run)."""
+    if dist.owns_group and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _device(pref: str, dist: Dist) -> torch.device:
@@ -740,8 +749,9 @@ def _finish(s: _Setup, run: RunDir, p: _Progress, smoke: bool, recipe_path: Opti
     """Select, evaluate the test split once and write the publishable folder (rank 0 only)."""
     from .hub import save_pretrained
     if s.dist.world_size > 1:
-        torch.distributed.barrier()
+        torch.distributed.barrier()  # every rank has trained its last epoch
         if not s.dist.main:
+            torch.distributed.barrier()  # rank 0 has written the results: all ranks leave together
             return {}
     wall = p.wall()
     results = _results(s, _select(s, run, p), wall, smoke, recipe_path,
@@ -751,6 +761,8 @@ def _finish(s: _Setup, run: RunDir, p: _Progress, smoke: bool, recipe_path: Opti
     except OSError as e:
         raise run.write_error('model.safetensors', e, 'the published weights, config.json or README.md in') from e
     run.write_json('results.json', results)
+    if s.dist.world_size > 1:
+        torch.distributed.barrier()
     return results
 
 
@@ -824,6 +836,14 @@ def train(recipe: Union[Recipe, Mapping[str, Any]], out_dir, resume: bool = Fals
     if smoke:
         r = r.for_smoke()
     dist = _setup_dist(r.device)
+    try:
+        return _train(r, dist, out_dir, resume, smoke, recipe_path, progress, until_epoch, force)
+    finally:
+        _teardown_dist(dist)
+
+
+def _train(r: Recipe, dist: Dist, out_dir, resume: bool, smoke: bool, recipe_path: Optional[str], progress: bool,
+           until_epoch: Optional[int], force: bool) -> Dict[str, Any]:
     device = _device(r.device, dist)
     with RunDir(out_dir, lock=dist.main) as run:
         if dist.main:
